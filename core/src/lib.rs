@@ -1,0 +1,13 @@
+//! Pure domain logic for datamailer: queue contracts, delivery rules, template
+//! rendering, API keys and request validation. Nothing here does I/O, so the web
+//! service, the workers and the tests all share one definition of the rules.
+
+pub mod apikey;
+pub mod contracts;
+pub mod email;
+pub mod fields;
+pub mod queue;
+pub mod render;
+pub mod slug;
+pub mod time;
+pub mod transactional;

@@ -1,0 +1,212 @@
+//! Sending email: the message shape, the error classes, the two mailers (SES v2 and the local
+//! capture outbox) and the [`Sender`] that puts the shared rate limiter and our own retries in
+//! front of them.
+
+pub mod capture;
+pub mod limiter;
+pub mod mime;
+pub mod ses;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+pub use limiter::{Lane, SendLimiter};
+
+/// An attachment or extra body part (text/* only, as the API allows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub content_type: String,
+    pub content: String,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default = "attachment")]
+    pub disposition: String,
+}
+
+fn attachment() -> String {
+    "attachment".to_string()
+}
+
+/// Everything a mailer needs to send one message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingEmail {
+    /// "addr" or "Display Name <addr>".
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Vec<String>,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: String,
+    /// Custom headers (already validated: no CR/LF, no reserved names).
+    pub headers: Vec<(String, String)>,
+    pub parts: Vec<Part>,
+    /// SES message tags: kind and our row id, so SES events can be traced back to the row.
+    pub tags: Vec<(String, String)>,
+    pub configuration_set: Option<String>,
+}
+
+impl OutgoingEmail {
+    /// Custom headers or extra parts need a raw MIME message.
+    pub fn needs_raw(&self) -> bool {
+        !self.headers.is_empty() || !self.parts.is_empty()
+    }
+}
+
+/// Proof that the provider accepted the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+}
+
+/// Why a send did not go through, classified for the caller's decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The message itself is wrong (rejected address, bad parameters): never retry.
+    #[error("{code}: {message}")]
+    Permanent { code: String, message: String },
+    /// The provider or network failed this time (5xx, timeout, connection): retry later.
+    #[error("{code}: {message}")]
+    Transient { code: String, message: String },
+    /// We went over the provider's rate: slow down and retry.
+    #[error("{code}: {message}")]
+    Throttled { code: String, message: String },
+    /// The account cannot send at all right now (paused, suspended): retry much later.
+    #[error("{code}: {message}")]
+    Paused { code: String, message: String },
+}
+
+impl SendError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Permanent { .. })
+    }
+
+    fn outcome_label(&self) -> &'static str {
+        match self {
+            SendError::Permanent { .. } => "permanent_error",
+            SendError::Transient { .. } => "transient_error",
+            SendError::Throttled { .. } => "throttled",
+            SendError::Paused { .. } => "paused",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Mailer: Send + Sync + 'static {
+    /// A short name for logs and metrics ("ses", "capture").
+    fn kind(&self) -> &'static str;
+
+    async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError>;
+
+    /// Sends many; mailers that can write a batch at once override this.
+    async fn send_many(&self, emails: &[OutgoingEmail]) -> Vec<Result<SendReceipt, SendError>> {
+        let mut results = Vec::with_capacity(emails.len());
+        for chunk in emails.chunks(16) {
+            results.extend(futures::future::join_all(chunk.iter().map(|e| self.send(e))).await);
+        }
+        results
+    }
+
+    /// Messages this mailer already accepted, found by one of our tags: tag value → provider
+    /// message id. Used to reconcile a send whose result was never recorded. Mailers that
+    /// cannot look back (SES: its answer arrives later as a `Send` event) return nothing.
+    async fn find_sent(&self, _tag: &str, _values: &[String]) -> HashMap<String, String> {
+        HashMap::new()
+    }
+
+    /// Whether this mailer applies the SES rate limit (the capture outbox does not).
+    fn rate_limited(&self) -> bool {
+        true
+    }
+}
+
+/// The mailer plus the process-wide limiter and our retry policy for throttling.
+///
+/// The SDK's own retries are off (see [`ses::client`]), so every attempt passes through the
+/// limiter and is counted; a throttle also slows the limiter down for a while.
+#[derive(Clone)]
+pub struct Sender {
+    mailer: Arc<dyn Mailer>,
+    limiter: SendLimiter,
+    throttle_retries: u32,
+}
+
+impl Sender {
+    pub fn new(mailer: Arc<dyn Mailer>, limiter: SendLimiter) -> Self {
+        Self { mailer, limiter, throttle_retries: 3 }
+    }
+
+    pub fn mailer_kind(&self) -> &'static str {
+        self.mailer.kind()
+    }
+
+    /// Sends each message, in order of results, with the lane's priority on the limiter.
+    pub async fn send_batch(&self, lane: Lane, emails: &[OutgoingEmail]) -> Vec<Result<SendReceipt, SendError>> {
+        if emails.is_empty() {
+            return Vec::new();
+        }
+        if !self.mailer.rate_limited() {
+            let started = Instant::now();
+            let results = self.mailer.send_many(emails).await;
+            let per = started.elapsed().as_secs_f64() / emails.len() as f64;
+            for r in &results {
+                self.observe(lane, r, per);
+            }
+            return results;
+        }
+        let mut results = Vec::with_capacity(emails.len());
+        for chunk in emails.chunks(32) {
+            results.extend(futures::future::join_all(chunk.iter().map(|e| self.send_one(lane, e))).await);
+        }
+        results
+    }
+
+    async fn send_one(&self, lane: Lane, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
+        let mut attempt = 0;
+        loop {
+            let recipients = (email.to.len() + email.cc.len() + email.bcc.len()).max(1) as u32;
+            self.limiter.acquire(lane, recipients).await;
+            let started = Instant::now();
+            let result = self.mailer.send(email).await;
+            self.observe(lane, &result, started.elapsed().as_secs_f64());
+            match result {
+                Err(SendError::Throttled { .. }) if attempt < self.throttle_retries => {
+                    attempt += 1;
+                    metrics::counter!("datamailer_ses_throttles_total", "lane" => lane.as_str()).increment(1);
+                    self.limiter.cool_down();
+                    let base = Duration::from_millis(200 * (1 << attempt));
+                    let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..=base.as_millis() as u64));
+                    tokio::time::sleep(base + jitter).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Which of the row ids (tagged `tag`) the mailer already accepted: id → provider message id.
+    pub async fn find_sent(&self, tag: &str, ids: &[i64]) -> HashMap<i64, String> {
+        let values: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.mailer
+            .find_sent(tag, &values)
+            .await
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+            .collect()
+    }
+
+    fn observe(&self, lane: Lane, result: &Result<SendReceipt, SendError>, seconds: f64) {
+        let outcome = match result {
+            Ok(_) => "sent",
+            Err(e) => e.outcome_label(),
+        };
+        metrics::counter!("datamailer_ses_sends_total", "lane" => lane.as_str(), "mailer" => self.mailer.kind(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("datamailer_ses_send_duration_seconds", "mailer" => self.mailer.kind()).record(seconds);
+    }
+}

@@ -1,0 +1,221 @@
+//! The embedded queue: SQS semantics on a Postgres table, so the product runs with nothing
+//! but Postgres.
+//!
+//! * Receive claims ready rows with `FOR UPDATE SKIP LOCKED`, bumps the receive count and hides
+//!   them for the visibility timeout, in one statement.
+//! * A row received more than `max_receives` times is dead-lettered on receive with the last
+//!   error, like an SQS redrive policy.
+//! * Ack deletes; retry sets the next visible time; dead-letter keeps the row with its reason.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Delivery, Received, Settlement, Source};
+use crate::db::Db;
+
+pub struct PostgresQueue {
+    db: Db,
+    queue: String,
+    visibility_timeout: Duration,
+    max_receives: u32,
+    /// How long to sleep when the queue is empty before polling again.
+    idle_poll: Duration,
+}
+
+impl PostgresQueue {
+    pub fn new(db: Db, queue: impl Into<String>) -> Self {
+        Self {
+            db,
+            queue: queue.into(),
+            visibility_timeout: Duration::from_secs(180),
+            max_receives: 5,
+            idle_poll: Duration::from_millis(100),
+        }
+    }
+
+    pub fn with_visibility_timeout(mut self, t: Duration) -> Self {
+        self.visibility_timeout = t;
+        self
+    }
+
+    pub fn with_max_receives(mut self, n: u32) -> Self {
+        self.max_receives = n.max(1);
+        self
+    }
+
+    pub fn with_idle_poll(mut self, t: Duration) -> Self {
+        self.idle_poll = t;
+        self
+    }
+}
+
+const RECEIVE_SQL: &str = "
+WITH ready AS (
+    SELECT id FROM queue_messages
+    WHERE queue = $1 AND dead_lettered_at IS NULL AND visible_at <= now()
+    ORDER BY visible_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE queue_messages q
+SET receive_count = q.receive_count + 1,
+    visible_at = now() + make_interval(secs => $3),
+    first_received_at = coalesce(q.first_received_at, now()),
+    dead_lettered_at = CASE WHEN q.receive_count + 1 > $4 THEN now() END,
+    dead_letter_reason = CASE WHEN q.receive_count + 1 > $4
+        THEN 'exceeded ' || $4 || ' receives; last error: ' || q.last_error ELSE '' END
+FROM ready
+WHERE q.id = ready.id
+RETURNING q.id, q.body, q.receive_count, q.enqueued_at, q.dead_lettered_at IS NOT NULL";
+
+#[async_trait]
+impl Source for PostgresQueue {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn receive(&self, max: usize) -> anyhow::Result<Received> {
+        if max == 0 {
+            return Ok(Received::Messages(Vec::new()));
+        }
+        let conn = self.db.get().await?;
+        let rows = conn
+            .query(
+                RECEIVE_SQL,
+                &[
+                    &self.queue,
+                    &(max as i64),
+                    &self.visibility_timeout.as_secs_f64(),
+                    &(self.max_receives as i32),
+                ],
+            )
+            .await?;
+        drop(conn);
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let dead: bool = row.get(4);
+            if dead {
+                tracing::warn!(queue = %self.queue, id = row.get::<_, i64>(0), "dead-lettered after too many receives");
+                metrics::counter!("datamailer_messages_dead_lettered_total", "queue" => self.queue.clone())
+                    .increment(1);
+                continue;
+            }
+            let id: i64 = row.get(0);
+            out.push(Delivery {
+                id: id.to_string(),
+                receipt: id.to_string(),
+                body: row.get(1),
+                receive_count: row.get::<_, i32>(2) as u32,
+                sent_at: Some(row.get(3)),
+            });
+        }
+        if out.is_empty() {
+            tokio::time::sleep(self.idle_poll).await;
+        }
+        Ok(Received::Messages(out))
+    }
+
+    async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()> {
+        let ids = ids(deliveries.iter());
+        let conn = self.db.get().await?;
+        conn.execute(
+            "UPDATE queue_messages SET visible_at = now() + make_interval(secs => $2)
+             WHERE id = ANY($1) AND dead_lettered_at IS NULL",
+            &[&ids, &for_.as_secs_f64()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> anyhow::Result<()> {
+        let mut acked = Vec::new();
+        let (mut retry_ids, mut retry_delays, mut retry_reasons) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dead_ids, mut dead_reasons) = (Vec::new(), Vec::new());
+        for (d, s) in &settled {
+            let id: i64 = d.receipt.parse()?;
+            match s {
+                Settlement::Ack => acked.push(id),
+                Settlement::Retry { delay, reason } => {
+                    retry_ids.push(id);
+                    retry_delays.push(delay.as_secs_f64());
+                    retry_reasons.push(reason.clone());
+                }
+                Settlement::DeadLetter { reason } => {
+                    dead_ids.push(id);
+                    dead_reasons.push(reason.clone());
+                }
+            }
+        }
+        let conn = self.db.get().await?;
+        // One round trip for the whole batch: the three changes ride in one statement.
+        conn.execute(
+            "WITH acked AS (DELETE FROM queue_messages WHERE id = ANY($1)),
+                  retried AS (
+                    UPDATE queue_messages q
+                    SET visible_at = now() + make_interval(secs => r.delay), last_error = r.reason
+                    FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, delay, reason)
+                    WHERE q.id = r.id)
+             UPDATE queue_messages q
+             SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
+             FROM unnest($5::bigint[], $6::text[]) AS d(id, reason)
+             WHERE q.id = d.id",
+            &[&acked, &retry_ids, &retry_delays, &retry_reasons, &dead_ids, &dead_reasons],
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
+    }
+}
+
+fn ids<'a>(ds: impl Iterator<Item = &'a Delivery>) -> Vec<i64> {
+    ds.filter_map(|d| d.receipt.parse().ok()).collect()
+}
+
+/// One dead-lettered message, for `datamailer dlq list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub body: String,
+    pub reason: String,
+    pub receive_count: u32,
+    pub dead_lettered_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Dead-letter queue operations on the embedded queue.
+pub async fn list_dead_letters(db: &Db, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let conn = db.get().await?;
+    let rows = conn
+        .query(
+            "SELECT id, body, dead_letter_reason, receive_count, dead_lettered_at FROM queue_messages
+             WHERE queue = $1 AND dead_lettered_at IS NOT NULL ORDER BY dead_lettered_at, id",
+            &[&queue],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.get::<_, i64>(0).to_string(),
+            body: r.get(1),
+            reason: r.get(2),
+            receive_count: r.get::<_, i32>(3) as u32,
+            dead_lettered_at: r.get(4),
+        })
+        .collect())
+}
+
+/// Puts every dead-lettered message of `queue` back, as new (receive count 0). Returns how many.
+pub async fn redrive(db: &Db, queue: &str) -> anyhow::Result<u64> {
+    let conn = db.get().await?;
+    Ok(conn
+        .execute(
+            "UPDATE queue_messages SET dead_lettered_at = NULL, dead_letter_reason = '', receive_count = 0,
+                    visible_at = now(), first_received_at = NULL
+             WHERE queue = $1 AND dead_lettered_at IS NOT NULL",
+            &[&queue],
+        )
+        .await?)
+}

@@ -1,0 +1,155 @@
+//! Configuration from the environment (12-factor), validated at start: every bad value is
+//! reported on its own line, naming the variable and the reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use datamailer_core::queue::QueueName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueBackend {
+    Postgres,
+    Sqs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailerKind {
+    Capture,
+    Ses,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`; `None` means the local default, whose database we create if missing.
+    pub database_url: Option<String>,
+    pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub public_base_url: String,
+    pub default_from_email: String,
+    pub aws_region: String,
+    pub aws_endpoint_url: Option<String>,
+    pub ses_configuration_set: Option<String>,
+    /// Sends per second for SES; `None` disables the limiter.
+    pub ses_max_send_rate: Option<f64>,
+    pub queue_backend: QueueBackend,
+    pub mailer: MailerKind,
+    pub db_max_connections: usize,
+    pub sqs_queue_urls: HashMap<QueueName, String>,
+    pub sqs_dlq_urls: HashMap<QueueName, String>,
+}
+
+pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/datamailer";
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut parse_addr = |name: &str, default: &str| -> SocketAddr {
+            let raw = var(name).unwrap_or_else(|| default.to_string());
+            raw.parse().unwrap_or_else(|_| {
+                errors.push(format!("{name}: '{raw}' is not a host:port address (e.g. 127.0.0.1:8000)"));
+                default.parse().unwrap()
+            })
+        };
+        let http_addr = parse_addr("DATAMAILER_HTTP_ADDR", "127.0.0.1:8000");
+        let metrics_addr = parse_addr("DATAMAILER_METRICS_ADDR", "127.0.0.1:9464");
+
+        let public_base_url =
+            var("PUBLIC_BASE_URL").unwrap_or_else(|| "http://localhost:8000".into()).trim_end_matches('/').to_string();
+        if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
+            errors.push(format!("PUBLIC_BASE_URL: '{public_base_url}' must start with http:// or https://"));
+        }
+        let default_from_email = var("DEFAULT_FROM_EMAIL").unwrap_or_else(|| "newsletter@example.com".into());
+        if datamailer_core::email::parse_sender(&default_from_email).is_none() {
+            errors.push(format!("DEFAULT_FROM_EMAIL: '{default_from_email}' is not an email address"));
+        }
+        let ses_max_send_rate = match var("DATAMAILER_SES_MAX_SEND_RATE") {
+            None => Some(10.0),
+            Some(raw) => match raw.parse::<f64>() {
+                Ok(r) if r.is_finite() && r > 0.0 => Some(r),
+                Ok(r) if r.is_finite() => None,
+                _ => {
+                    errors.push(format!("DATAMAILER_SES_MAX_SEND_RATE: '{raw}' is not a number (sends per second; 0 disables)"));
+                    None
+                }
+            },
+        };
+        let queue_backend = match var("DATAMAILER_QUEUE_BACKEND").as_deref() {
+            None | Some("postgres") => QueueBackend::Postgres,
+            Some("sqs") => QueueBackend::Sqs,
+            Some(other) => {
+                errors.push(format!("DATAMAILER_QUEUE_BACKEND: '{other}' must be postgres or sqs"));
+                QueueBackend::Postgres
+            }
+        };
+        let mailer = match var("DATAMAILER_MAILER").as_deref() {
+            None | Some("capture") => MailerKind::Capture,
+            Some("ses") => MailerKind::Ses,
+            Some(other) => {
+                errors.push(format!("DATAMAILER_MAILER: '{other}' must be capture or ses"));
+                MailerKind::Capture
+            }
+        };
+        let db_max_connections = match var("DATAMAILER_DB_MAX_CONNECTIONS") {
+            None => 8,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    errors.push(format!("DATAMAILER_DB_MAX_CONNECTIONS: '{raw}' must be a whole number from 1 to 1000"));
+                    8
+                }
+            },
+        };
+        let mut sqs_queue_urls = HashMap::new();
+        let mut sqs_dlq_urls = HashMap::new();
+        for q in QueueName::ALL {
+            for (env, map) in [(q.sqs_url_env(), &mut sqs_queue_urls), (q.sqs_dlq_url_env(), &mut sqs_dlq_urls)] {
+                if let Some(url) = var(env) {
+                    if url.starts_with("http://") || url.starts_with("https://") {
+                        map.insert(q, url);
+                    } else {
+                        errors.push(format!("{env}: '{url}' is not an http(s) queue URL"));
+                    }
+                }
+            }
+        }
+        if queue_backend == QueueBackend::Sqs && !sqs_queue_urls.contains_key(&QueueName::TransactionalEmail) {
+            errors.push(format!(
+                "{}: required when DATAMAILER_QUEUE_BACKEND=sqs",
+                QueueName::TransactionalEmail.sqs_url_env()
+            ));
+        }
+        let config = Config {
+            database_url: var("DATABASE_URL"),
+            http_addr,
+            metrics_addr,
+            public_base_url,
+            default_from_email,
+            aws_region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
+            aws_endpoint_url: var("AWS_ENDPOINT_URL"),
+            ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
+            ses_max_send_rate,
+            queue_backend,
+            mailer,
+            db_max_connections,
+            sqs_queue_urls,
+            sqs_dlq_urls,
+        };
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(LOCAL_DATABASE_URL)
+    }
+
+    pub fn needs_aws(&self) -> bool {
+        self.queue_backend == QueueBackend::Sqs || self.mailer == MailerKind::Ses
+    }
+}

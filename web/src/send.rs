@@ -1,0 +1,450 @@
+//! `POST /api/transactional/send`: the transactional send pipeline, web side (facts §3.2).
+//!
+//! Round trips on the hot path: one read (template, category audience, idempotent replay and,
+//! for a dry run, the contact, all in one statement), then one transaction of two statements:
+//! the contact upsert (which also reads the category preference and reserves the message id)
+//! and one statement whose CTEs insert the message, its event and, on the embedded queue, the
+//! queue message. A concurrent first send with the same idempotency key loses the
+//! `ON CONFLICT DO NOTHING`, rolls back and answers the winner's message as a replay.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use datamailer_core::contracts::TransactionalEmailV1;
+use datamailer_core::fields::FieldErrors;
+use datamailer_core::render::{render, TemplateSource};
+use datamailer_core::time::iso_opt;
+use datamailer_core::transactional::{
+    decide, generate_idempotency_key, missing_required_context, resolve_sender, CategoryCheck,
+    ContactFlags, DeliveryDecision, SendRequest, SUPPRESSED_CODE, SUPPRESSED_MESSAGE,
+};
+use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use crate::auth::AuthClient;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonObject;
+use crate::AppState;
+
+/// The queue transactional messages go to.
+pub const QUEUE: &str = "transactional-email";
+/// Longest rendered subject we accept (RFC 5322 line limit).
+pub const MAX_SUBJECT_CHARS: usize = 998;
+
+const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
+const ENQUEUE_FAILURES_TOTAL: &str = "datamailer_enqueue_failures_total";
+
+/// Template, category audience, replay candidate and (dry run only) the contact, in one read.
+/// $1 client, $2 template key, $3 organization, $4 audience slug (nullable), $5 idempotency key
+/// ('' for none), $6 normalized email (NULL unless dry run), $7 category tag (nullable).
+const READ_SQL: &str = "\
+SELECT t.id AS template_id, t.key AS template_key, t.subject AS template_subject,
+       t.html_body AS template_html, t.text_body AS template_text,
+       t.required_context, t.default_sender_id AS template_sender,
+       a.id AS audience_id,
+       m.id AS m_id, m.email AS m_email, m.from_email_id AS m_from_email_id,
+       m.from_email AS m_from_email, m.metadata AS m_metadata, m.status AS m_status,
+       m.template_key AS m_template_key, m.idempotency_key AS m_idempotency_key,
+       m.created_at AS m_created_at,
+       ct.id AS contact_id,
+       COALESCE(ct.hard_bounced_at IS NOT NULL, false) AS hard_bounced,
+       COALESCE(ct.complained_at IS NOT NULL, false) AS complained,
+       COALESCE(ct.global_unsubscribed_at IS NOT NULL, false) AS global_unsubscribed,
+       EXISTS (SELECT 1 FROM category_preferences p
+               WHERE p.contact_id = ct.id AND p.audience_id = a.id AND p.client_id = $1
+                 AND p.tag = $7 AND NOT p.enabled) AS category_disabled
+FROM (SELECT 1) AS one
+LEFT JOIN email_templates t
+       ON t.client_id = $1 AND t.key = $2 AND t.is_transactional AND t.is_active
+LEFT JOIN audiences a ON a.organization_id = $3 AND a.slug = $4
+LEFT JOIN transactional_messages m
+       ON m.client_id = $1 AND m.idempotency_key = $5 AND $5 <> ''
+LEFT JOIN contacts ct ON ct.normalized_email = $6";
+
+/// Upserts the contact, reads its suppression flags and category preference, and reserves the
+/// message id (so the queue body can be built before the insert).
+/// $1 email, $2 normalized email, $3 audience (nullable), $4 client, $5 category tag (nullable).
+const UPSERT_CONTACT_SQL: &str = "\
+WITH c AS (
+    INSERT INTO contacts (email, normalized_email) VALUES ($1, $2)
+    ON CONFLICT (normalized_email) DO UPDATE SET updated_at = now()
+    RETURNING id, hard_bounced_at IS NOT NULL AS hard_bounced,
+              complained_at IS NOT NULL AS complained,
+              global_unsubscribed_at IS NOT NULL AS global_unsubscribed
+)
+SELECT c.id AS contact_id, c.hard_bounced, c.complained, c.global_unsubscribed,
+       EXISTS (SELECT 1 FROM category_preferences p
+               WHERE p.contact_id = c.id AND p.audience_id = $3 AND p.client_id = $4
+                 AND p.tag = $5 AND NOT p.enabled) AS category_disabled,
+       nextval(pg_get_serial_sequence('transactional_messages', 'id')) AS message_id
+FROM c";
+
+/// Inserts the message (unless its idempotency key is taken), its event and, when `$20` is not
+/// NULL, its queue message; returns the message's `created_at` (no row: the key was taken).
+const INSERT_MESSAGE_SQL: &str = "\
+WITH m AS (
+    INSERT INTO transactional_messages (id, client_id, contact_id, template_id, email,
+        from_email_id, from_email, template_key, status, idempotency_key, subject, html_body,
+        text_body, context, metadata, last_error)
+    OVERRIDING SYSTEM VALUE
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+    ON CONFLICT (client_id, idempotency_key) WHERE idempotency_key <> '' DO NOTHING
+    RETURNING id, created_at
+), e AS (
+    INSERT INTO email_events (transactional_message_id, contact_id, client_id, event_type, metadata)
+    SELECT m.id, $3, $2, $17, $18 FROM m
+), q AS (
+    INSERT INTO queue_messages (queue, body) SELECT $19, $20 FROM m WHERE $20 IS NOT NULL
+)
+SELECT created_at FROM m";
+
+/// The existing message for (client, idempotency key), after losing a concurrent insert.
+const EXISTING_SQL: &str = "\
+SELECT id AS m_id, email AS m_email, from_email_id AS m_from_email_id,
+       from_email AS m_from_email, metadata AS m_metadata, status AS m_status,
+       template_key AS m_template_key, idempotency_key AS m_idempotency_key,
+       created_at AS m_created_at
+FROM transactional_messages WHERE client_id = $1 AND idempotency_key = $2";
+
+/// What the API says about a message (`message` in the send responses).
+struct MessageView {
+    id: Option<i64>,
+    email: String,
+    from_email_id: String,
+    from_email: String,
+    metadata: Value,
+    status: String,
+    template_key: String,
+    idempotency_key: String,
+    created_at: Option<DateTime<Utc>>,
+}
+
+impl MessageView {
+    fn from_row(row: &PgRow) -> ApiResult<Self> {
+        Ok(MessageView {
+            id: Some(row.try_get("m_id")?),
+            email: row.try_get("m_email")?,
+            from_email_id: row.try_get("m_from_email_id")?,
+            from_email: row.try_get("m_from_email")?,
+            metadata: row.try_get("m_metadata")?,
+            status: row.try_get("m_status")?,
+            template_key: row.try_get("m_template_key")?,
+            idempotency_key: row.try_get("m_idempotency_key")?,
+            created_at: Some(row.try_get("m_created_at")?),
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        let meta = |key: &str, default: Value| self.metadata.get(key).cloned().unwrap_or(default);
+        json!({
+            "id": self.id,
+            "email": self.email,
+            "from_email": self.from_email_id,
+            "from_email_address": self.from_email,
+            "reply_to": meta("reply_to", json!("")),
+            "cc": meta("cc", json!([])),
+            "bcc": meta("bcc", json!([])),
+            "status": self.status,
+            "template_key": self.template_key,
+            "idempotency_key": self.idempotency_key,
+            "created_at": iso_opt(self.created_at),
+        })
+    }
+}
+
+fn send_body(message: &MessageView, idempotent_replay: bool, enqueued: bool) -> Value {
+    json!({
+        "message": message.to_json(),
+        "idempotent_replay": idempotent_replay,
+        "enqueued": enqueued,
+    })
+}
+
+fn replay(message: MessageView) -> Response {
+    metrics::counter!(SENDS_TOTAL, "outcome" => "replay").increment(1);
+    (StatusCode::ACCEPTED, Json(send_body(&message, true, false))).into_response()
+}
+
+/// The template row the send uses.
+struct Template {
+    id: i64,
+    key: String,
+    subject: String,
+    html_body: String,
+    text_body: String,
+    required_context: Value,
+    default_sender_id: String,
+}
+
+impl Template {
+    fn source(&self) -> TemplateSource<'_> {
+        TemplateSource {
+            subject: &self.subject,
+            html_body: &self.html_body,
+            text_body: &self.text_body,
+        }
+    }
+}
+
+/// Checks the `audience` + `client` scope a `category_tag` needs (400 `not_found`/`required`,
+/// 403 `forbidden`).
+fn scope_errors(req: &SendRequest, auth: &AuthClient, audience_found: bool) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    if req.category_tag.is_none() {
+        return errors;
+    }
+    match req.audience.as_deref() {
+        None => {
+            errors.insert("audience".into(), "required".into());
+        }
+        Some(_) if !audience_found => {
+            errors.insert("audience".into(), "not_found".into());
+        }
+        Some(_) => {}
+    }
+    match req.client.as_deref() {
+        None => {
+            errors.insert("client".into(), "required".into());
+        }
+        Some(slug) if slug != auth.client_slug => {
+            errors.insert("client".into(), "forbidden".into());
+        }
+        Some(_) => {}
+    }
+    errors
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    auth: AuthClient,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let req = SendRequest::parse(&body)?;
+    let key_for_lookup = req.idempotency_key.clone().unwrap_or_default();
+
+    // 1–2. Scope, template, replay candidate (and the contact for a dry run): one read.
+    let row = sqlx::query(READ_SQL)
+        .bind(auth.client_id)
+        .bind(&req.template_key)
+        .bind(auth.organization_id)
+        .bind(req.audience.as_deref())
+        .bind(if req.dry_run {
+            ""
+        } else {
+            key_for_lookup.as_str()
+        })
+        .bind(req.dry_run.then_some(req.email.as_str()))
+        .bind(req.category_tag.as_deref())
+        .fetch_one(&state.db)
+        .await?;
+    let audience_id: Option<i64> = row.try_get("audience_id")?;
+    let errors = scope_errors(&req, &auth, audience_id.is_some());
+    if !errors.is_empty() {
+        return Err(errors.into());
+    }
+    let Some(template_id) = row.try_get::<Option<i64>, _>("template_id")? else {
+        return Err(ApiError::not_found("template_key"));
+    };
+    let template = Template {
+        id: template_id,
+        key: row.try_get("template_key")?,
+        subject: row.try_get("template_subject")?,
+        html_body: row.try_get("template_html")?,
+        text_body: row.try_get("template_text")?,
+        required_context: row.try_get("required_context")?,
+        default_sender_id: row.try_get("template_sender")?,
+    };
+
+    // 4. Idempotent replay: the existing message as it is, context not validated again.
+    if !req.dry_run && row.try_get::<Option<i64>, _>("m_id")?.is_some() {
+        return Ok(replay(MessageView::from_row(&row)?));
+    }
+
+    // 5.1–5.3, 5.6: sender, required context, rendering (nothing written yet).
+    let sender = resolve_sender(
+        req.from_email.as_deref(),
+        &template.default_sender_id,
+        &auth.default_sender_id,
+        &auth.sender_emails,
+    )
+    .map_err(|reason| ApiError::field("from_email", reason))?;
+    let missing = missing_required_context(&template.required_context, &req.context);
+    if !missing.is_empty() {
+        let errors: FieldErrors = missing
+            .into_iter()
+            .map(|name| (format!("context.{name}"), "required".to_string()))
+            .collect();
+        return Err(errors.into());
+    }
+    let context = Value::Object(req.context.clone());
+    let rendered = render(&template.source(), &context)
+        .map_err(|err| ApiError::field(err.field.to_string(), "render_error"))?;
+    if rendered.subject.chars().count() > MAX_SUBJECT_CHARS {
+        return Err(ApiError::field("subject", "too_long"));
+    }
+    let idempotency_key = req
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(generate_idempotency_key);
+    let metadata = req.message_metadata();
+    let category = |disabled: bool| {
+        req.category_tag.as_ref().map(|_| CategoryCheck {
+            has_scope: audience_id.is_some(),
+            category_disabled: disabled,
+        })
+    };
+
+    // 3. Dry run: read-only contact lookup, decision, rendered output; nothing written.
+    if req.dry_run {
+        let flags = ContactFlags {
+            hard_bounced: row.try_get("hard_bounced")?,
+            complained: row.try_get("complained")?,
+            global_unsubscribed: row.try_get("global_unsubscribed")?,
+        };
+        let decision = decide(flags, category(row.try_get("category_disabled")?));
+        let view = MessageView {
+            id: None,
+            email: req.email.clone(),
+            from_email_id: sender.id.clone(),
+            from_email: sender.email.clone(),
+            metadata: Value::Object(metadata),
+            status: status_for(&decision).to_string(),
+            template_key: template.key.clone(),
+            idempotency_key,
+            created_at: None,
+        };
+        let mut body = send_body(&view, false, false);
+        body["rendered"] = json!({
+            "subject": rendered.subject,
+            "html_body": rendered.html_body,
+            "text_body": rendered.text_body,
+        });
+        body["would_deliver"] = json!(decision.allowed);
+        body["delivery_decision"] = decision.to_json();
+        metrics::counter!(SENDS_TOTAL, "outcome" => "dry_run").increment(1);
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+
+    // 5.4–5.8: one transaction.
+    let mut tx = state.db.begin().await?;
+    let contact = sqlx::query(UPSERT_CONTACT_SQL)
+        .bind(req.raw_email.trim())
+        .bind(&req.email)
+        .bind(audience_id)
+        .bind(auth.client_id)
+        .bind(req.category_tag.as_deref())
+        .fetch_one(&mut *tx)
+        .await?;
+    let contact_id: i64 = contact.try_get("contact_id")?;
+    let message_id: i64 = contact.try_get("message_id")?;
+    let flags = ContactFlags {
+        hard_bounced: contact.try_get("hard_bounced")?,
+        complained: contact.try_get("complained")?,
+        global_unsubscribed: contact.try_get("global_unsubscribed")?,
+    };
+    let decision = decide(flags, category(contact.try_get("category_disabled")?));
+    let status = status_for(&decision);
+    let reason = decision.reason.unwrap_or("");
+    let metadata_value = Value::Object(metadata.clone());
+    let (event_type, event_metadata) = if decision.allowed {
+        ("queued", json!({"template_key": template.key}))
+    } else {
+        ("skipped", json!({"reason": reason}))
+    };
+    let queue_body = decision.allowed.then(|| {
+        TransactionalEmailV1 {
+            transactional_message_id: message_id,
+            client_id: auth.client_id,
+            idempotency_key: idempotency_key.clone(),
+            contact_id: Some(contact_id),
+            template_id: Some(template.id),
+            template_key: Some(template.key.clone()),
+            metadata: Some(metadata.clone()),
+        }
+        .to_json()
+    });
+    let in_tx_body = queue_body
+        .as_deref()
+        .filter(|_| state.producer.writes_in_transaction());
+    let inserted = sqlx::query(INSERT_MESSAGE_SQL)
+        .bind(message_id)
+        .bind(auth.client_id)
+        .bind(contact_id)
+        .bind(template.id)
+        .bind(&req.email)
+        .bind(&sender.id)
+        .bind(&sender.email)
+        .bind(&template.key)
+        .bind(status)
+        .bind(&idempotency_key)
+        .bind(&rendered.subject)
+        .bind(&rendered.html_body)
+        .bind(&rendered.text_body)
+        .bind(&context)
+        .bind(&metadata_value)
+        .bind(reason)
+        .bind(event_type)
+        .bind(&event_metadata)
+        .bind(QUEUE)
+        .bind(in_tx_body)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(inserted) = inserted else {
+        // A concurrent send with the same key won: answer its message as a replay.
+        tx.rollback().await?;
+        let existing = sqlx::query(EXISTING_SQL)
+            .bind(auth.client_id)
+            .bind(&idempotency_key)
+            .fetch_one(&state.db)
+            .await?;
+        return Ok(replay(MessageView::from_row(&existing)?));
+    };
+    let created_at: DateTime<Utc> = inserted.try_get("created_at")?;
+    tx.commit().await?;
+
+    let mut enqueued = decision.allowed;
+    if let Some(body) = queue_body.filter(|_| !state.producer.writes_in_transaction()) {
+        if let Err(err) = state.producer.send_after_commit(QUEUE, vec![body]).await {
+            // The row stays `queued`; the worker's stale-row sweeper re-enqueues it.
+            tracing::warn!(error = %format!("{err:#}"), message_id, "enqueue after commit failed");
+            metrics::counter!(ENQUEUE_FAILURES_TOTAL, "queue" => QUEUE).increment(1);
+            enqueued = false;
+        }
+    }
+
+    let view = MessageView {
+        id: Some(message_id),
+        email: req.email.clone(),
+        from_email_id: sender.id,
+        from_email: sender.email,
+        metadata: metadata_value,
+        status: status.to_string(),
+        template_key: template.key,
+        idempotency_key,
+        created_at: Some(created_at),
+    };
+    let body = send_body(&view, false, enqueued);
+    if decision.allowed {
+        metrics::counter!(SENDS_TOTAL, "outcome" => "queued").increment(1);
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    metrics::counter!(SENDS_TOTAL, "outcome" => "skipped").increment(1);
+    let mut body = body;
+    body["error"] = json!({
+        "code": SUPPRESSED_CODE,
+        "message": SUPPRESSED_MESSAGE,
+        "reason": reason,
+    });
+    Err(ApiError::Custom(StatusCode::CONFLICT, body))
+}
+
+fn status_for(decision: &DeliveryDecision) -> &'static str {
+    if decision.allowed {
+        "queued"
+    } else {
+        "skipped"
+    }
+}
