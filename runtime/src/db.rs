@@ -36,7 +36,11 @@ pub struct Db {
 
 impl Db {
     pub fn connect(database_url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
-        let pg: tokio_postgres::Config = database_url.parse().context("invalid DATABASE_URL")?;
+        let mut pg: tokio_postgres::Config = database_url.parse().context("invalid DATABASE_URL")?;
+        if pg.get_application_name().is_none() {
+            // Lets operators (and the connection-cap test) tell worker connections apart.
+            pg.application_name("datamailer-worker");
+        }
         let recycling_method = if settings.verify_on_recycle {
             RecyclingMethod::Verified
         } else {
