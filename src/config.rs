@@ -41,7 +41,10 @@ pub struct Config {
 pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/datamailer";
 
 fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 impl Config {
@@ -50,21 +53,30 @@ impl Config {
         let mut parse_addr = |name: &str, default: &str| -> SocketAddr {
             let raw = var(name).unwrap_or_else(|| default.to_string());
             raw.parse().unwrap_or_else(|_| {
-                errors.push(format!("{name}: '{raw}' is not a host:port address (e.g. 127.0.0.1:8000)"));
+                errors.push(format!(
+                    "{name}: '{raw}' is not a host:port address (e.g. 127.0.0.1:8000)"
+                ));
                 default.parse().unwrap()
             })
         };
         let http_addr = parse_addr("DATAMAILER_HTTP_ADDR", "127.0.0.1:8000");
         let metrics_addr = parse_addr("DATAMAILER_METRICS_ADDR", "127.0.0.1:9464");
 
-        let public_base_url =
-            var("PUBLIC_BASE_URL").unwrap_or_else(|| "http://localhost:8000".into()).trim_end_matches('/').to_string();
+        let public_base_url = var("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| "http://localhost:8000".into())
+            .trim_end_matches('/')
+            .to_string();
         if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
-            errors.push(format!("PUBLIC_BASE_URL: '{public_base_url}' must start with http:// or https://"));
+            errors.push(format!(
+                "PUBLIC_BASE_URL: '{public_base_url}' must start with http:// or https://"
+            ));
         }
-        let default_from_email = var("DEFAULT_FROM_EMAIL").unwrap_or_else(|| "newsletter@example.com".into());
+        let default_from_email =
+            var("DEFAULT_FROM_EMAIL").unwrap_or_else(|| "newsletter@example.com".into());
         if datamailer_core::email::parse_sender(&default_from_email).is_none() {
-            errors.push(format!("DEFAULT_FROM_EMAIL: '{default_from_email}' is not an email address"));
+            errors.push(format!(
+                "DEFAULT_FROM_EMAIL: '{default_from_email}' is not an email address"
+            ));
         }
         let ses_max_send_rate = match var("DATAMAILER_SES_MAX_SEND_RATE") {
             None => Some(10.0),
@@ -81,7 +93,9 @@ impl Config {
             None | Some("postgres") => QueueBackend::Postgres,
             Some("sqs") => QueueBackend::Sqs,
             Some(other) => {
-                errors.push(format!("DATAMAILER_QUEUE_BACKEND: '{other}' must be postgres or sqs"));
+                errors.push(format!(
+                    "DATAMAILER_QUEUE_BACKEND: '{other}' must be postgres or sqs"
+                ));
                 QueueBackend::Postgres
             }
         };
@@ -89,7 +103,9 @@ impl Config {
             None | Some("capture") => MailerKind::Capture,
             Some("ses") => MailerKind::Ses,
             Some(other) => {
-                errors.push(format!("DATAMAILER_MAILER: '{other}' must be capture or ses"));
+                errors.push(format!(
+                    "DATAMAILER_MAILER: '{other}' must be capture or ses"
+                ));
                 MailerKind::Capture
             }
         };
@@ -106,7 +122,10 @@ impl Config {
         let mut sqs_queue_urls = HashMap::new();
         let mut sqs_dlq_urls = HashMap::new();
         for q in QueueName::ALL {
-            for (env, map) in [(q.sqs_url_env(), &mut sqs_queue_urls), (q.sqs_dlq_url_env(), &mut sqs_dlq_urls)] {
+            for (env, map) in [
+                (q.sqs_url_env(), &mut sqs_queue_urls),
+                (q.sqs_dlq_url_env(), &mut sqs_dlq_urls),
+            ] {
                 if let Some(url) = var(env) {
                     if url.starts_with("http://") || url.starts_with("https://") {
                         map.insert(q, url);
@@ -116,7 +135,9 @@ impl Config {
                 }
             }
         }
-        if queue_backend == QueueBackend::Sqs && !sqs_queue_urls.contains_key(&QueueName::TransactionalEmail) {
+        if queue_backend == QueueBackend::Sqs
+            && !sqs_queue_urls.contains_key(&QueueName::TransactionalEmail)
+        {
             errors.push(format!(
                 "{}: required when DATAMAILER_QUEUE_BACKEND=sqs",
                 QueueName::TransactionalEmail.sqs_url_env()
@@ -128,7 +149,9 @@ impl Config {
             metrics_addr,
             public_base_url,
             default_from_email,
-            aws_region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
+            aws_region: var("AWS_REGION")
+                .or_else(|| var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
             aws_endpoint_url: var("AWS_ENDPOINT_URL"),
             ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
             ses_max_send_rate,

@@ -35,8 +35,13 @@ pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(config.database_url()).await.context("connecting to the database")?;
-    MIGRATOR.run(&mut conn).await.context("applying migrations")?;
+    let mut conn = PgConnection::connect(config.database_url())
+        .await
+        .context("connecting to the database")?;
+    MIGRATOR
+        .run(&mut conn)
+        .await
+        .context("applying migrations")?;
     Ok(())
 }
 

@@ -22,9 +22,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("DATAMAILER_QUEUE: {e}"))?;
     // One invocation at a time per environment: a small pool, verified after a thaw.
-    let max_connections =
-        if std::env::var("DATAMAILER_DB_MAX_CONNECTIONS").is_ok() { config.db_max_connections } else { 2 };
-    let pool = PoolSettings { max_connections, verify_on_recycle: true, ..Default::default() };
+    let max_connections = if std::env::var("DATAMAILER_DB_MAX_CONNECTIONS").is_ok() {
+        config.db_max_connections
+    } else {
+        2
+    };
+    let pool = PoolSettings {
+        max_connections,
+        verify_on_recycle: true,
+        ..Default::default()
+    };
     let services = Services::build(&config, pool).await?;
     let handler = services.handler(queue)?;
     let aws = services::aws_config(&config).await;
@@ -34,22 +41,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (None, Some(url)) = (&dlq_url, &queue_url) {
         match SqsQueue::connect(client.clone(), queue.as_str(), url.clone(), None).await {
             Ok(q) => dlq_url = q.dlq_url().map(str::to_string),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "could not discover the DLQ; poison messages will retry"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "could not discover the DLQ; poison messages will retry"
+            ),
         }
     }
-    let sqs = LambdaSqs { client, queue_url, dlq_url };
+    let sqs = LambdaSqs {
+        client,
+        queue_url,
+        dlq_url,
+    };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (handler, sqs) = (handler.clone(), sqs.clone());
         async move {
-            let deadline = event.context.deadline();
-            let time_left = deadline.duration_since(SystemTime::now()).unwrap_or(Duration::from_secs(1));
+            let time_left = time_budget(event.context.deadline(), SystemTime::now());
             let records = event.payload.records;
-            let failures =
-                datamailer_runtime::lambda::run_invocation(queue.as_str(), handler, &records, Some(sqs), time_left).await?;
-            let items: Vec<Value> = failures.into_iter().map(|id| json!({"itemIdentifier": id})).collect();
+            let failures = datamailer_runtime::lambda::run_invocation(
+                queue.as_str(),
+                handler,
+                &records,
+                Some(sqs),
+                time_left,
+            )
+            .await?;
+            let items: Vec<Value> = failures
+                .into_iter()
+                .map(|id| json!({"itemIdentifier": id}))
+                .collect();
             Ok::<Value, lambda_runtime::Error>(json!({"batchItemFailures": items}))
         }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+}
+
+/// Lambda's default function timeout: the budget when the invocation has no usable deadline.
+const DEFAULT_LAMBDA_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The time an invocation may take. Lambda's deadline always lies ahead when an invocation
+/// starts; one already past is an emulator's placeholder (cargo-lambda's `watch` sends a
+/// constant `Lambda-Runtime-Deadline-Ms: 600000`, i.e. 1970). Treating it as "no time left"
+/// would cut every batch off after a fraction of a second, so assume Lambda's default timeout.
+fn time_budget(deadline: SystemTime, now: SystemTime) -> Duration {
+    match deadline.duration_since(now) {
+        Ok(left) => left,
+        Err(_) => {
+            let deadline_ms = deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            tracing::warn!(
+                deadline_ms,
+                "the invocation deadline is already past (an emulator?); assuming a 3 s budget"
+            );
+            DEFAULT_LAMBDA_TIMEOUT
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_past_deadline_gets_the_default_timeout() {
+        let now = SystemTime::now();
+        assert_eq!(
+            time_budget(now + Duration::from_secs(42), now),
+            Duration::from_secs(42)
+        );
+        let emulator = SystemTime::UNIX_EPOCH + Duration::from_millis(600_000);
+        assert_eq!(time_budget(emulator, now), DEFAULT_LAMBDA_TIMEOUT);
+    }
 }

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "datamailer", version, about = "Transactional and campaign email through Amazon SES")]
+#[command(
+    name = "datamailer",
+    version,
+    about = "Transactional and campaign email through Amazon SES"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,11 +97,18 @@ enum DlqAction {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,aws=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,aws=warn"));
     if std::env::var("AWS_LAMBDA_FUNCTION_NAME").is_ok() {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
 }
 
@@ -120,16 +131,26 @@ async fn main() -> ExitCode {
         Command::Worker { queues } => ops::worker(config, queues).await,
         Command::Lambda => lambda::run(config).await,
         Command::Migrate => ops::migrate(config).await,
-        Command::Provision { org, audience, client, senders, default_sender } => {
-            ops::provision(config, org, audience, client, senders, default_sender).await
-        }
+        Command::Provision {
+            org,
+            audience,
+            client,
+            senders,
+            default_sender,
+        } => ops::provision(config, org, audience, client, senders, default_sender).await,
         Command::Enqueue { queue } => ops::enqueue(config, queue).await,
         Command::Outbox { json, limit } => ops::outbox(config, json, limit).await,
-        Command::Dlq { action: DlqAction::List { queue } } => ops::dlq_list(config, queue).await,
-        Command::Dlq { action: DlqAction::Redrive { queue } } => ops::dlq_redrive(config, queue).await,
-        Command::Reenqueue { older_than_minutes, limit, dry_run } => {
-            ops::reenqueue(config, older_than_minutes, limit, dry_run).await
-        }
+        Command::Dlq {
+            action: DlqAction::List { queue },
+        } => ops::dlq_list(config, queue).await,
+        Command::Dlq {
+            action: DlqAction::Redrive { queue },
+        } => ops::dlq_redrive(config, queue).await,
+        Command::Reenqueue {
+            older_than_minutes,
+            limit,
+            dry_run,
+        } => ops::reenqueue(config, older_than_minutes, limit, dry_run).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

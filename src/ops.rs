@@ -33,10 +33,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     database::migrate(&config).await?;
     datamailer_runtime::telemetry::install_prometheus();
     let web_connections = (config.db_max_connections / 2).max(1);
-    let worker_connections = config.db_max_connections.saturating_sub(web_connections).max(1);
-    let services = Services::build(&config, PoolSettings { max_connections: worker_connections, ..Default::default() }).await?;
+    let worker_connections = config
+        .db_max_connections
+        .saturating_sub(web_connections)
+        .max(1);
+    let services = Services::build(
+        &config,
+        PoolSettings {
+            max_connections: worker_connections,
+            ..Default::default()
+        },
+    )
+    .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let web = tokio::spawn(run_web(config.clone(), web_connections as u32, stop_rx.clone()));
+    let web = tokio::spawn(run_web(
+        config.clone(),
+        web_connections as u32,
+        stop_rx.clone(),
+    ));
     tracing::info!(
         addr = %config.http_addr,
         backend = ?config.queue_backend,
@@ -62,13 +76,19 @@ pub async fn web(config: Config) -> anyhow::Result<()> {
     run_web(config.clone(), config.db_max_connections as u32, stop_rx).await
 }
 
-async fn run_web(config: Config, connections: u32, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_web(
+    config: Config,
+    connections: u32,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let pool = database::web_pool(&config, connections).await?;
     let producer = services::producer(&config).await;
     let state = datamailer_web::AppState::new(
         pool.clone(),
         producer,
-        datamailer_web::WebConfig { public_base_url: config.public_base_url.clone() },
+        datamailer_web::WebConfig {
+            public_base_url: config.public_base_url.clone(),
+        },
     );
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -87,10 +107,23 @@ pub async fn worker(config: Config, queues: Vec<String>) -> anyhow::Result<()> {
     let queues: Vec<QueueName> = if queues.is_empty() {
         WORKER_QUEUES.to_vec()
     } else {
-        queues.iter().map(|q| q.parse().map_err(|e: String| anyhow::anyhow!("--queue: {e}"))).collect::<Result<_, _>>()?
+        queues
+            .iter()
+            .map(|q| {
+                q.parse()
+                    .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))
+            })
+            .collect::<Result<_, _>>()?
     };
     datamailer_runtime::telemetry::install_prometheus();
-    let services = Services::build(&config, PoolSettings { max_connections: config.db_max_connections, ..Default::default() }).await?;
+    let services = Services::build(
+        &config,
+        PoolSettings {
+            max_connections: config.db_max_connections,
+            ..Default::default()
+        },
+    )
+    .await?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_METRICS_ADDR {}", config.metrics_addr))?;
@@ -162,11 +195,24 @@ async fn sweep_forever(services: Services) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        match datamailer_actors::transactional::stale_payloads(&services.db, Duration::from_secs(300), 1000).await {
+        match datamailer_actors::transactional::stale_payloads(
+            &services.db,
+            Duration::from_secs(300),
+            1000,
+        )
+        .await
+        {
             Ok(stale) if !stale.is_empty() => {
                 let bodies: Vec<String> = stale.iter().map(|p| p.to_json()).collect();
                 let n = bodies.len();
-                match enqueue_bodies(&services.db, &producer, QueueName::TransactionalEmail, bodies).await {
+                match enqueue_bodies(
+                    &services.db,
+                    &producer,
+                    QueueName::TransactionalEmail,
+                    bodies,
+                )
+                .await
+                {
                     Ok(()) => tracing::warn!(count = n, "re-enqueued stale transactional messages"),
                     Err(e) => tracing::warn!(error = %e, "re-enqueueing stale messages failed"),
                 }
@@ -177,10 +223,18 @@ async fn sweep_forever(services: Services) {
     }
 }
 
-async fn enqueue_bodies(db: &Db, producer: &Producer, queue: QueueName, bodies: Vec<String>) -> anyhow::Result<()> {
+async fn enqueue_bodies(
+    db: &Db,
+    producer: &Producer,
+    queue: QueueName,
+    bodies: Vec<String>,
+) -> anyhow::Result<()> {
     match producer {
         Producer::Postgres => {
-            db.get().await?.execute(PG_ENQUEUE_MANY_SQL, &[&queue.as_str(), &bodies]).await?;
+            db.get()
+                .await?
+                .execute(PG_ENQUEUE_MANY_SQL, &[&queue.as_str(), &bodies])
+                .await?;
             Ok(())
         }
         Producer::Sqs(sqs) => sqs.send(queue.as_str(), bodies).await,
@@ -188,7 +242,13 @@ async fn enqueue_bodies(db: &Db, producer: &Producer, queue: QueueName, bodies: 
 }
 
 fn small_db(config: &Config) -> anyhow::Result<Db> {
-    Db::connect(config.database_url(), &PoolSettings { max_connections: 2, ..Default::default() })
+    Db::connect(
+        config.database_url(),
+        &PoolSettings {
+            max_connections: 2,
+            ..Default::default()
+        },
+    )
 }
 
 pub async fn provision(
@@ -204,8 +264,13 @@ pub async fn provision(
     let senders = senders
         .iter()
         .map(|s| {
-            let (id, email) = s.split_once('=').with_context(|| format!("--sender '{s}': expected ID=EMAIL"))?;
-            Ok(SenderIdentity { id: id.trim().to_string(), email: email.trim().to_string() })
+            let (id, email) = s
+                .split_once('=')
+                .with_context(|| format!("--sender '{s}': expected ID=EMAIL"))?;
+            Ok(SenderIdentity {
+                id: id.trim().to_string(),
+                email: email.trim().to_string(),
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pool = database::web_pool(&config, 2).await?;
@@ -227,7 +292,9 @@ pub async fn provision(
 }
 
 pub async fn enqueue(config: Config, queue: String) -> anyhow::Result<()> {
-    let queue: QueueName = queue.parse().map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
+    let queue: QueueName = queue
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
     let bodies: Vec<String> = std::io::stdin()
         .lock()
         .lines()
@@ -281,7 +348,13 @@ pub async fn outbox(config: Config, json: bool, limit: i64) -> anyhow::Result<()
                 r.get::<i64, _>("id"),
                 datamailer_core::time::iso(created),
                 r.get::<String, _>("from_email"),
-                to.as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                to.as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
                 r.get::<String, _>("subject"),
                 indent(&r.get::<String, _>("text_body")),
             );
@@ -294,20 +367,43 @@ pub async fn outbox(config: Config, json: bool, limit: i64) -> anyhow::Result<()
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("        {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-async fn sqs_dlq(config: &Config, queue: QueueName) -> anyhow::Result<(aws_sdk_sqs::Client, String, String)> {
+async fn sqs_dlq(
+    config: &Config,
+    queue: QueueName,
+) -> anyhow::Result<(aws_sdk_sqs::Client, String, String)> {
     let aws = services::aws_config(config).await;
     let client = services::sqs_client(&aws);
-    let url = config.sqs_queue_urls.get(&queue).with_context(|| format!("{} is not set", queue.sqs_url_env()))?.clone();
-    let source = sqs_queue::SqsQueue::connect(client.clone(), queue.as_str(), url.clone(), config.sqs_dlq_urls.get(&queue).cloned()).await?;
-    let dlq = source.dlq_url().with_context(|| format!("the {queue} queue has no DLQ (no redrive policy and no {} set)", queue.sqs_dlq_url_env()))?;
+    let url = config
+        .sqs_queue_urls
+        .get(&queue)
+        .with_context(|| format!("{} is not set", queue.sqs_url_env()))?
+        .clone();
+    let source = sqs_queue::SqsQueue::connect(
+        client.clone(),
+        queue.as_str(),
+        url.clone(),
+        config.sqs_dlq_urls.get(&queue).cloned(),
+    )
+    .await?;
+    let dlq = source.dlq_url().with_context(|| {
+        format!(
+            "the {queue} queue has no DLQ (no redrive policy and no {} set)",
+            queue.sqs_dlq_url_env()
+        )
+    })?;
     Ok((client, url, dlq.to_string()))
 }
 
 pub async fn dlq_list(config: Config, queue: String) -> anyhow::Result<()> {
-    let queue: QueueName = queue.parse().map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
+    let queue: QueueName = queue
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
     let letters: Vec<serde_json::Value> = match config.queue_backend {
         QueueBackend::Postgres => pg_queue::list_dead_letters(&small_db(&config)?, queue.as_str())
             .await?
@@ -316,7 +412,11 @@ pub async fn dlq_list(config: Config, queue: String) -> anyhow::Result<()> {
             .collect(),
         QueueBackend::Sqs => {
             let (client, _, dlq) = sqs_dlq(&config, queue).await?;
-            sqs_queue::list_dead_letters(&client, &dlq).await?.into_iter().map(|d| serde_json::to_value(d).unwrap()).collect()
+            sqs_queue::list_dead_letters(&client, &dlq)
+                .await?
+                .into_iter()
+                .map(|d| serde_json::to_value(d).unwrap())
+                .collect()
         }
     };
     for l in &letters {
@@ -327,9 +427,13 @@ pub async fn dlq_list(config: Config, queue: String) -> anyhow::Result<()> {
 }
 
 pub async fn dlq_redrive(config: Config, queue: String) -> anyhow::Result<()> {
-    let queue: QueueName = queue.parse().map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
+    let queue: QueueName = queue
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
     let moved = match config.queue_backend {
-        QueueBackend::Postgres => pg_queue::redrive(&small_db(&config)?, queue.as_str()).await? as usize,
+        QueueBackend::Postgres => {
+            pg_queue::redrive(&small_db(&config)?, queue.as_str()).await? as usize
+        }
         QueueBackend::Sqs => {
             let (client, url, dlq) = sqs_dlq(&config, queue).await?;
             sqs_queue::redrive(&client, &dlq, &url).await?
@@ -339,13 +443,24 @@ pub async fn dlq_redrive(config: Config, queue: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn reenqueue(config: Config, older_than_minutes: u64, limit: i64, dry_run: bool) -> anyhow::Result<()> {
+pub async fn reenqueue(
+    config: Config,
+    older_than_minutes: u64,
+    limit: i64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let db = small_db(&config)?;
-    let stale =
-        datamailer_actors::transactional::stale_payloads(&db, Duration::from_secs(older_than_minutes * 60), limit).await?;
+    let stale = datamailer_actors::transactional::stale_payloads(
+        &db,
+        Duration::from_secs(older_than_minutes * 60),
+        limit,
+    )
+    .await?;
     let mut per_template = std::collections::BTreeMap::new();
     for p in &stale {
-        *per_template.entry(p.template_key.clone().unwrap_or_default()).or_insert(0) += 1;
+        *per_template
+            .entry(p.template_key.clone().unwrap_or_default())
+            .or_insert(0) += 1;
     }
     for (template, n) in &per_template {
         println!("{template}\t{n}");

@@ -30,8 +30,8 @@ pub struct Services {
 }
 
 pub async fn aws_config(config: &Config) -> aws_config::SdkConfig {
-    let mut loader =
-        aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(config.aws_region.clone()));
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.aws_region.clone()));
     if let Some(url) = &config.aws_endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -44,14 +44,25 @@ pub fn sqs_client(aws: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
 
 impl Services {
     pub async fn build(config: &Config, pool: PoolSettings) -> anyhow::Result<Services> {
-        let aws = if config.needs_aws() { Some(aws_config(config).await) } else { None };
+        let aws = if config.needs_aws() {
+            Some(aws_config(config).await)
+        } else {
+            None
+        };
         let db = Db::connect(config.database_url(), &pool)?;
         let mailer: Arc<dyn Mailer> = match config.mailer {
             MailerKind::Capture => Arc::new(CaptureMailer::new(db.clone())),
-            MailerKind::Ses => Arc::new(SesMailer::new(ses::client(aws.as_ref().expect("aws config")))),
+            MailerKind::Ses => Arc::new(SesMailer::new(ses::client(
+                aws.as_ref().expect("aws config"),
+            ))),
         };
         let sender = Sender::new(mailer, SendLimiter::new(config.ses_max_send_rate));
-        Ok(Services { config: config.clone(), db, sender, aws })
+        Ok(Services {
+            config: config.clone(),
+            db,
+            sender,
+            aws,
+        })
     }
 
     pub fn handler(&self, queue: QueueName) -> anyhow::Result<Arc<dyn Handler>> {
@@ -65,7 +76,9 @@ impl Services {
                     ..Default::default()
                 },
             ))),
-            other => anyhow::bail!("the {other} queue has no worker yet (only transactional-email does)"),
+            other => {
+                anyhow::bail!("the {other} queue has no worker yet (only transactional-email does)")
+            }
         }
     }
 
@@ -80,15 +93,24 @@ impl Services {
                     .with_context(|| format!("{} is not set", queue.sqs_url_env()))?;
                 let client = sqs_client(self.aws.as_ref().expect("aws config"));
                 Arc::new(
-                    SqsQueue::connect(client, queue.as_str(), url.clone(), self.config.sqs_dlq_urls.get(&queue).cloned())
-                        .await?,
+                    SqsQueue::connect(
+                        client,
+                        queue.as_str(),
+                        url.clone(),
+                        self.config.sqs_dlq_urls.get(&queue).cloned(),
+                    )
+                    .await?,
                 )
             }
         })
     }
 
     pub async fn tree_spec(&self, queue: QueueName) -> anyhow::Result<TreeSpec> {
-        let mut spec = TreeSpec::new(queue.as_str(), self.source(queue).await?, self.handler(queue)?);
+        let mut spec = TreeSpec::new(
+            queue.as_str(),
+            self.source(queue).await?,
+            self.handler(queue)?,
+        );
         spec.concurrency = queue.default_concurrency();
         spec.batch_size = 10;
         Ok(spec)
@@ -101,8 +123,11 @@ pub async fn producer(config: &Config) -> Producer {
         QueueBackend::Postgres => Producer::Postgres,
         QueueBackend::Sqs => {
             let aws = aws_config(config).await;
-            let urls: HashMap<String, String> =
-                config.sqs_queue_urls.iter().map(|(q, u)| (q.as_str().to_string(), u.clone())).collect();
+            let urls: HashMap<String, String> = config
+                .sqs_queue_urls
+                .iter()
+                .map(|(q, u)| (q.as_str().to_string(), u.clone()))
+                .collect();
             Producer::Sqs(SqsProducer::new(sqs_client(&aws), urls))
         }
     }
@@ -110,7 +135,8 @@ pub async fn producer(config: &Config) -> Producer {
 
 /// Waits for SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},

@@ -59,7 +59,11 @@ pub struct TransactionalHandler {
 
 impl TransactionalHandler {
     pub fn new(db: Db, sender: Sender, settings: TransactionalSettings) -> Self {
-        Self { db, sender, settings }
+        Self {
+            db,
+            sender,
+            settings,
+        }
     }
 }
 
@@ -167,7 +171,11 @@ impl Handler for TransactionalHandler {
                         payloads.push((i, p));
                     }
                 },
-                Err(e) => outcomes[i] = Some(Outcome::DeadLetter(format!("invalid transactional-email message: {e}"))),
+                Err(e) => {
+                    outcomes[i] = Some(Outcome::DeadLetter(format!(
+                        "invalid transactional-email message: {e}"
+                    )))
+                }
             }
         }
         if !payloads.is_empty() {
@@ -188,18 +196,34 @@ impl Handler for TransactionalHandler {
         for (i, first) in duplicates {
             outcomes[i] = outcomes[first].clone();
         }
-        outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry("not handled".into()))).collect()
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Retry("not handled".into())))
+            .collect()
     }
 }
 
 impl TransactionalHandler {
-    async fn process(&self, payloads: &[(usize, TransactionalEmailV1)]) -> anyhow::Result<Vec<(usize, Outcome)>> {
-        let ids: Vec<i64> = payloads.iter().map(|(_, p)| p.transactional_message_id).collect();
+    async fn process(
+        &self,
+        payloads: &[(usize, TransactionalEmailV1)],
+    ) -> anyhow::Result<Vec<(usize, Outcome)>> {
+        let ids: Vec<i64> = payloads
+            .iter()
+            .map(|(_, p)| p.transactional_message_id)
+            .collect();
         let clients: Vec<i64> = payloads.iter().map(|(_, p)| p.client_id).collect();
-        let keys: Vec<String> = payloads.iter().map(|(_, p)| p.idempotency_key.clone()).collect();
+        let keys: Vec<String> = payloads
+            .iter()
+            .map(|(_, p)| p.idempotency_key.clone())
+            .collect();
         let lease = self.settings.lease.as_secs_f64();
 
-        let conn = self.db.get().await.context("getting a database connection")?;
+        let conn = self
+            .db
+            .get()
+            .await
+            .context("getting a database connection")?;
         let rows: Vec<Row> = conn
             .query(CLAIM_SQL, &params(&[&ids, &clients, &keys, &lease]))
             .await
@@ -240,7 +264,10 @@ impl TransactionalHandler {
             .map(|r| r.id)
             .collect();
         if !expired.is_empty() {
-            let reclaimed = conn.query(RECLAIM_SQL, &params(&[&expired, &lease])).await.context("reclaiming expired leases")?;
+            let reclaimed = conn
+                .query(RECLAIM_SQL, &params(&[&expired, &lease]))
+                .await
+                .context("reclaiming expired leases")?;
             for r in reclaimed {
                 let id: i64 = r.get(0);
                 if let Some(row) = rows.get_mut(&id) {
@@ -260,11 +287,15 @@ impl TransactionalHandler {
             let id = p.transactional_message_id;
             let row = &rows[&id];
             if !row.found {
-                outcomes.push((*i, Outcome::Retry(format!("transactional message {id} not found"))));
+                outcomes.push((
+                    *i,
+                    Outcome::Retry(format!("transactional message {id} not found")),
+                ));
             } else if datamailer_core::transactional::is_worker_terminal(&row.status) {
                 outcomes.push((*i, Outcome::Ack));
             } else if !row.matches {
-                let error = "queue payload does not match transactional message client_id/idempotency_key";
+                let error =
+                    "queue payload does not match transactional message client_id/idempotency_key";
                 records.push(Recorded {
                     id,
                     status: "failed",
@@ -280,9 +311,18 @@ impl TransactionalHandler {
                 });
                 outcomes.push((*i, Outcome::Ack));
             } else if !row.claimed {
-                outcomes.push((*i, Outcome::Retry(format!("transactional message {id} is being sent by another delivery"))));
+                outcomes.push((
+                    *i,
+                    Outcome::Retry(format!(
+                        "transactional message {id} is being sent by another delivery"
+                    )),
+                ));
             } else if row.hard_bounced || row.complained {
-                let reason = if row.hard_bounced { "hard_bounce" } else { "complaint" };
+                let reason = if row.hard_bounced {
+                    "hard_bounce"
+                } else {
+                    "complaint"
+                };
                 records.push(Recorded {
                     id,
                     status: "skipped",
@@ -302,7 +342,10 @@ impl TransactionalHandler {
 
         // Reconcile reclaimed rows: the mailer may know they were accepted already.
         if !reconcile.is_empty() {
-            let found = self.sender.find_sent("datamailer_message_id", &reconcile).await;
+            let found = self
+                .sender
+                .find_sent("datamailer_message_id", &reconcile)
+                .await;
             to_send.retain(|(i, id, _)| match found.get(id) {
                 Some(ses_id) => {
                     records.push(sent_record(*id, ses_id.clone(), now));
@@ -353,10 +396,14 @@ impl TransactionalHandler {
             Err(e) => {
                 // The rows we sent stay `sending` under their lease: a redelivery will not send
                 // them again. Everything else recorded here is retried too (idempotent).
-                tracing::error!(error = format!("{e:#}"), "recording transactional results failed");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "recording transactional results failed"
+                );
                 let why = format!("recording the send result failed: {e:#}");
                 outcomes.retain(|(_, o)| matches!(o, Outcome::Retry(_)));
-                let retried: std::collections::HashSet<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+                let retried: std::collections::HashSet<usize> =
+                    outcomes.iter().map(|(i, _)| *i).collect();
                 for (i, _) in payloads {
                     if !retried.contains(i) {
                         outcomes.push((*i, Outcome::Retry(why.clone())));
@@ -385,8 +432,19 @@ impl TransactionalHandler {
             }
             let result = async {
                 let conn = self.db.get().await?;
-                conn.execute(RECORD_SQL, &params(&[&ids, &statuses, &ses_ids, &errors, &event_types, &metas, &now]))
-                    .await?;
+                conn.execute(
+                    RECORD_SQL,
+                    &params(&[
+                        &ids,
+                        &statuses,
+                        &ses_ids,
+                        &errors,
+                        &event_types,
+                        &metas,
+                        &now,
+                    ]),
+                )
+                .await?;
                 anyhow::Ok(())
             }
             .await;
@@ -403,20 +461,32 @@ impl TransactionalHandler {
         let strings = |key: &str| -> Vec<String> {
             match &meta[key] {
                 Value::String(s) if !s.is_empty() => vec![s.clone()],
-                Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
                 _ => Vec::new(),
             }
         };
         let headers = meta["headers"]
             .as_object()
-            .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
             .unwrap_or_default();
-        let parts: Vec<Part> = serde_json::from_value(meta["message_parts"].clone()).unwrap_or_default();
-        let from = [&row.from_email, &row.client_from_email, &self.settings.default_from_email]
-            .into_iter()
-            .find(|s| !s.is_empty())
-            .cloned()
-            .unwrap_or_default();
+        let parts: Vec<Part> =
+            serde_json::from_value(meta["message_parts"].clone()).unwrap_or_default();
+        let from = [
+            &row.from_email,
+            &row.client_from_email,
+            &self.settings.default_from_email,
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default();
         OutgoingEmail {
             from,
             to: vec![row.email.clone()],

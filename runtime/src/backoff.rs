@@ -15,7 +15,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: Duration::from_secs(10), max: Duration::from_secs(900) }
+        Self {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(900),
+        }
     }
 }
 
@@ -37,7 +40,10 @@ mod tests {
 
     #[test]
     fn grows_with_receive_count_and_is_capped() {
-        let b = Backoff { base: Duration::from_secs(10), max: Duration::from_secs(100) };
+        let b = Backoff {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(100),
+        };
         for _ in 0..50 {
             let d1 = b.delay(1);
             assert!(d1 >= Duration::from_secs(5) && d1 <= Duration::from_secs(10));

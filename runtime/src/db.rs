@@ -24,7 +24,11 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 4, verify_on_recycle: false, wait_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 4,
+            verify_on_recycle: false,
+            wait_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -36,7 +40,8 @@ pub struct Db {
 
 impl Db {
     pub fn connect(database_url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
-        let mut pg: tokio_postgres::Config = database_url.parse().context("invalid DATABASE_URL")?;
+        let mut pg: tokio_postgres::Config =
+            database_url.parse().context("invalid DATABASE_URL")?;
         if pg.get_application_name().is_none() {
             // Lets operators (and the connection-cap test) tell worker connections apart.
             pg.application_name("datamailer-worker");
@@ -65,9 +70,11 @@ impl Db {
     pub async fn get(&self) -> Result<Object, PoolError> {
         let started = Instant::now();
         let conn = self.pool.get().await;
-        metrics::histogram!("datamailer_db_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("datamailer_db_pool_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
         let status = self.pool.status();
-        metrics::gauge!("datamailer_db_pool_connections", "state" => "open").set(status.size as f64);
+        metrics::gauge!("datamailer_db_pool_connections", "state" => "open")
+            .set(status.size as f64);
         metrics::gauge!("datamailer_db_pool_connections", "state" => "idle")
             .set(status.available as f64);
         metrics::gauge!("datamailer_db_pool_max_connections").set(status.max_size as f64);

@@ -12,7 +12,8 @@ pub fn received(queue: &str, source: &'static str, n: usize) {
 }
 
 pub fn queue_lag(queue: &str, seconds: f64) {
-    metrics::histogram!("datamailer_queue_lag_seconds", "queue" => queue.to_string()).record(seconds.max(0.0));
+    metrics::histogram!("datamailer_queue_lag_seconds", "queue" => queue.to_string())
+        .record(seconds.max(0.0));
 }
 
 pub fn in_flight(queue: &str, delta: f64) {
@@ -20,15 +21,24 @@ pub fn in_flight(queue: &str, delta: f64) {
 }
 
 pub fn handled(queue: &str, seconds: f64) {
-    metrics::histogram!("datamailer_handler_duration_seconds", "queue" => queue.to_string()).record(seconds);
+    metrics::histogram!("datamailer_handler_duration_seconds", "queue" => queue.to_string())
+        .record(seconds);
 }
 
 pub fn settled(queue: &str, id: &str, settlement: &Settlement) {
     let q = queue.to_string();
     match settlement {
-        Settlement::Ack => metrics::counter!("datamailer_messages_acked_total", "queue" => q).increment(1),
+        Settlement::Ack => {
+            metrics::counter!("datamailer_messages_acked_total", "queue" => q).increment(1)
+        }
         Settlement::Retry { reason, delay } => {
-            tracing::warn!(queue, id, reason, retry_in_s = delay.as_secs(), "message failed; will retry");
+            tracing::warn!(
+                queue,
+                id,
+                reason,
+                retry_in_s = delay.as_secs(),
+                "message failed; will retry"
+            );
             metrics::counter!("datamailer_messages_failed_total", "queue" => q).increment(1)
         }
         Settlement::DeadLetter { reason } => {
@@ -39,7 +49,11 @@ pub fn settled(queue: &str, id: &str, settlement: &Settlement) {
 }
 
 pub fn receive_failed(queue: &str, error: &anyhow::Error) {
-    tracing::warn!(queue, error = format!("{error:#}"), "receive failed; backing off");
+    tracing::warn!(
+        queue,
+        error = format!("{error:#}"),
+        "receive failed; backing off"
+    );
     metrics::counter!("datamailer_receive_errors_total", "queue" => queue.to_string()).increment(1);
 }
 

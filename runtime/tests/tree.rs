@@ -21,13 +21,25 @@ const Q: &str = "test-queue";
 
 async fn setup(max_connections: usize) -> Option<(TestDb, Db)> {
     let test_db = TestDb::create().await?;
-    let db = Db::connect(&test_db.url, &PoolSettings { max_connections, ..Default::default() }).unwrap();
+    let db = Db::connect(
+        &test_db.url,
+        &PoolSettings {
+            max_connections,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     Some((test_db, db))
 }
 
 async fn enqueue(db: &Db, bodies: impl IntoIterator<Item = String>) {
     let bodies: Vec<String> = bodies.into_iter().collect();
-    db.get().await.unwrap().execute(PG_ENQUEUE_MANY_SQL, &[&Q, &bodies]).await.unwrap();
+    db.get()
+        .await
+        .unwrap()
+        .execute(PG_ENQUEUE_MANY_SQL, &[&Q, &bodies])
+        .await
+        .unwrap();
 }
 
 fn queue(db: &Db) -> PostgresQueue {
@@ -37,7 +49,13 @@ fn queue(db: &Db) -> PostgresQueue {
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
-    db.get().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
+    db.get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -76,13 +94,18 @@ fn spec(source: Arc<dyn Source>, handler: Arc<dyn Handler>) -> TreeSpec {
     let mut spec = TreeSpec::new(Q, source, handler);
     spec.concurrency = 2;
     spec.batch_size = 5;
-    spec.backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(200) };
+    spec.backoff = Backoff {
+        base: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    };
     spec
 }
 
 #[tokio::test]
 async fn acks_every_handled_message() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, (0..25).map(|i| format!("m{i}"))).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -93,10 +116,22 @@ async fn acks_every_handled_message() {
             Outcome::Ack
         }
     });
-    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(handler))).await.unwrap();
-    eventually("all 25 are handled", || async { seen.lock().unwrap().len() == 25 }).await;
-    assert_eq!(tree.shutdown(Duration::from_secs(5)).await, TreeExit::Drained);
-    assert_eq!(count(&db, "SELECT count(*) FROM queue_messages").await, 0, "acked messages are deleted");
+    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(handler)))
+        .await
+        .unwrap();
+    eventually("all 25 are handled", || async {
+        seen.lock().unwrap().len() == 25
+    })
+    .await;
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(5)).await,
+        TreeExit::Drained
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM queue_messages").await,
+        0,
+        "acked messages are deleted"
+    );
     let mut bodies = seen.lock().unwrap().clone();
     bodies.sort();
     bodies.dedup();
@@ -106,7 +141,9 @@ async fn acks_every_handled_message() {
 
 #[tokio::test]
 async fn poison_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, ["good".to_string(), "poison".to_string()]).await;
     let handler = FnHandler(|d: Delivery| async move {
         if d.body == "poison" {
@@ -115,7 +152,9 @@ async fn poison_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
             Outcome::Ack
         }
     });
-    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(handler))).await.unwrap();
+    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(handler)))
+        .await
+        .unwrap();
     eventually("the poison message is dead-lettered", || async {
         !list_dead_letters(&db, Q).await.unwrap().is_empty()
     })
@@ -125,18 +164,40 @@ async fn poison_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "poison");
     assert_eq!(dead[0].receive_count, 1, "no retries burnt on poison");
-    assert!(dead[0].reason.contains("missing required field 'client_id'"), "{}", dead[0].reason);
-    assert_eq!(count(&db, "SELECT count(*) FROM queue_messages WHERE dead_lettered_at IS NULL").await, 0);
+    assert!(
+        dead[0]
+            .reason
+            .contains("missing required field 'client_id'"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM queue_messages WHERE dead_lettered_at IS NULL"
+        )
+        .await,
+        0
+    );
 
     assert_eq!(redrive(&db, Q).await.unwrap(), 1);
     assert!(list_dead_letters(&db, Q).await.unwrap().is_empty());
-    assert_eq!(count(&db, "SELECT count(*) FROM queue_messages WHERE receive_count = 0").await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM queue_messages WHERE receive_count = 0"
+        )
+        .await,
+        1
+    );
     test_db.drop_db().await;
 }
 
 #[tokio::test]
 async fn retries_back_off_then_dead_letter_with_the_last_reason() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, ["flaky".to_string()]).await;
     let attempts = Arc::new(AtomicUsize::new(0));
     let a = attempts.clone();
@@ -155,7 +216,11 @@ async fn retries_back_off_then_dead_letter_with_the_last_reason() {
     })
     .await;
     tree.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(attempts.load(Ordering::SeqCst), 3, "tried exactly max_receives times");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "tried exactly max_receives times"
+    );
     let dead = list_dead_letters(&db, Q).await.unwrap();
     assert_eq!(dead[0].reason, "gave up after 3 receives: SES timed out");
     test_db.drop_db().await;
@@ -163,7 +228,9 @@ async fn retries_back_off_then_dead_letter_with_the_last_reason() {
 
 #[tokio::test]
 async fn a_panic_fails_only_the_message_that_caused_it() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, ["a", "b", "boom", "c", "d"].map(String::from)).await;
     let handled = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let h = handled.clone();
@@ -189,13 +256,26 @@ async fn a_panic_fails_only_the_message_that_caused_it() {
         count(&db, "SELECT count(*) FROM queue_messages").await == 1
     })
     .await;
-    assert_eq!(tree.shutdown(Duration::from_secs(5)).await, TreeExit::Drained, "the worker survived the panic");
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(5)).await,
+        TreeExit::Drained,
+        "the worker survived the panic"
+    );
     let dead = list_dead_letters(&db, Q).await.unwrap();
     assert_eq!(dead[0].body, "boom");
-    assert!(dead[0].reason.contains("handler panicked: handler bug on boom"), "{}", dead[0].reason);
-    let handled = handled.lock().unwrap();
+    assert!(
+        dead[0]
+            .reason
+            .contains("handler panicked: handler bug on boom"),
+        "{}",
+        dead[0].reason
+    );
+    let handled = handled.lock().unwrap().clone();
     for body in ["a", "b", "c", "d"] {
-        assert!(handled.get(body).copied().unwrap_or(0) >= 1, "{body} was not handled");
+        assert!(
+            handled.get(body).copied().unwrap_or(0) >= 1,
+            "{body} was not handled"
+        );
     }
     test_db.drop_db().await;
 }
@@ -250,9 +330,13 @@ impl Source for Instrumented {
 
 #[tokio::test]
 async fn a_crashed_worker_is_restarted_and_its_batch_comes_back() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, (0..3).map(|i| format!("m{i}"))).await;
-    let source = Arc::new(Instrumented::new(queue(&db).with_visibility_timeout(Duration::from_secs(1))));
+    let source = Arc::new(Instrumented::new(
+        queue(&db).with_visibility_timeout(Duration::from_secs(1)),
+    ));
     source.fail_settles.store(1, Ordering::SeqCst);
     let handler = FnHandler(|_d: Delivery| async { Outcome::Ack });
     let mut spec = spec(source.clone(), Arc::new(handler));
@@ -264,14 +348,23 @@ async fn a_crashed_worker_is_restarted_and_its_batch_comes_back() {
         count(&db, "SELECT count(*) FROM queue_messages").await == 0
     })
     .await;
-    assert_eq!(source.fail_settles.load(Ordering::SeqCst), 0, "the crash happened");
-    assert_eq!(tree.shutdown(Duration::from_secs(5)).await, TreeExit::Drained);
+    assert_eq!(
+        source.fail_settles.load(Ordering::SeqCst),
+        0,
+        "the crash happened"
+    );
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(5)).await,
+        TreeExit::Drained
+    );
     test_db.drop_db().await;
 }
 
 #[tokio::test]
 async fn restarts_past_the_limit_fail_the_tree_loudly() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, (0..20).map(|i| format!("m{i}"))).await;
     let source = Arc::new(Instrumented::new(queue(&db)));
     source.fail_settles.store(usize::MAX, Ordering::SeqCst);
@@ -279,9 +372,14 @@ async fn restarts_past_the_limit_fail_the_tree_loudly() {
     let mut spec = spec(source, Arc::new(handler));
     spec.concurrency = 4;
     spec.batch_size = 1;
-    spec.restart = RestartPolicy { max_restarts: 2, within: Duration::from_secs(60) };
+    spec.restart = RestartPolicy {
+        max_restarts: 2,
+        within: Duration::from_secs(60),
+    };
     let tree = QueueTree::start(spec).await.unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(10), tree.wait()).await.expect("tree gave up");
+    let exit = tokio::time::timeout(Duration::from_secs(10), tree.wait())
+        .await
+        .expect("tree gave up");
     match exit {
         TreeExit::Failed(why) => assert!(why.contains("3 restarts within"), "{why}"),
         other => panic!("expected a failure, got {other:?}"),
@@ -293,7 +391,9 @@ async fn restarts_past_the_limit_fail_the_tree_loudly() {
 
 #[tokio::test]
 async fn a_slow_sender_never_lets_the_poller_run_ahead() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, (0..60).map(|i| format!("m{i}"))).await;
     let source = Arc::new(Instrumented::new(queue(&db)));
     let done = Arc::new(AtomicUsize::new(0));
@@ -310,17 +410,28 @@ async fn a_slow_sender_never_lets_the_poller_run_ahead() {
     spec.concurrency = 2;
     spec.batch_size = 3;
     let tree = QueueTree::start(spec).await.unwrap();
-    eventually("all 60 are handled", || async { done.load(Ordering::SeqCst) == 60 }).await;
+    eventually("all 60 are handled", || async {
+        done.load(Ordering::SeqCst) == 60
+    })
+    .await;
     tree.shutdown(Duration::from_secs(5)).await;
     let max = source.max_outstanding.load(Ordering::SeqCst);
-    assert!(max <= 6, "received {max} messages ahead of 2 workers × batch 3");
-    assert!(max >= 3, "the workers were never both busy (max in flight {max})");
+    assert!(
+        max <= 6,
+        "received {max} messages ahead of 2 workers × batch 3"
+    );
+    assert!(
+        max >= 3,
+        "the workers were never both busy (max in flight {max})"
+    );
     test_db.drop_db().await;
 }
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_and_loses_nothing() {
-    let Some((test_db, db)) = setup(4).await else { return };
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
     enqueue(&db, (0..40).map(|i| format!("m{i}"))).await;
     let handled = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let make_handler = |handled: Arc<Mutex<HashMap<String, usize>>>| {
@@ -333,26 +444,60 @@ async fn shutdown_finishes_in_flight_work_and_loses_nothing() {
             }
         })
     };
-    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(make_handler(handled.clone())))).await.unwrap();
+    let tree = QueueTree::start(spec(
+        Arc::new(queue(&db)),
+        Arc::new(make_handler(handled.clone())),
+    ))
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(tree.shutdown(Duration::from_secs(10)).await, TreeExit::Drained);
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(10)).await,
+        TreeExit::Drained
+    );
     let first_run = handled.lock().unwrap().len();
-    assert!(first_run > 0 && first_run < 40, "shutdown came mid-way ({first_run} handled)");
+    assert!(
+        first_run > 0 && first_run < 40,
+        "shutdown came mid-way ({first_run} handled)"
+    );
     // Whatever was not handled is still on the queue, visible now: nothing in flight was lost.
-    assert_eq!(count(&db, "SELECT count(*) FROM queue_messages").await as usize, 40 - first_run);
-    assert_eq!(count(&db, "SELECT count(*) FROM queue_messages WHERE visible_at > now()").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM queue_messages").await as usize,
+        40 - first_run
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM queue_messages WHERE visible_at > now()"
+        )
+        .await,
+        0
+    );
 
-    let tree = QueueTree::start(spec(Arc::new(queue(&db)), Arc::new(make_handler(handled.clone())))).await.unwrap();
-    eventually("the rest is handled", || async { handled.lock().unwrap().len() == 40 }).await;
+    let tree = QueueTree::start(spec(
+        Arc::new(queue(&db)),
+        Arc::new(make_handler(handled.clone())),
+    ))
+    .await
+    .unwrap();
+    eventually("the rest is handled", || async {
+        handled.lock().unwrap().len() == 40
+    })
+    .await;
     tree.shutdown(Duration::from_secs(10)).await;
-    assert!(handled.lock().unwrap().values().all(|&n| n == 1), "a message was handled twice");
+    assert!(
+        handled.lock().unwrap().values().all(|&n| n == 1),
+        "a message was handled twice"
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM queue_messages").await, 0);
     test_db.drop_db().await;
 }
 
 #[tokio::test]
 async fn the_pool_never_exceeds_its_connection_cap() {
-    let Some((test_db, db)) = setup(3).await else { return };
+    let Some((test_db, db)) = setup(3).await else {
+        return;
+    };
     enqueue(&db, (0..200).map(|i| format!("m{i}"))).await;
     let handler_db = db.clone();
     let handler = FnHandler(move |_d: Delivery| {
@@ -375,7 +520,11 @@ async fn the_pool_never_exceeds_its_connection_cap() {
     let sampler = {
         let (url, stop) = (test_db.url.clone(), stop.clone());
         tokio::spawn(async move {
-            let admin = Db::connect(&format!("{url}?application_name=sampler"), &PoolSettings::default()).unwrap();
+            let admin = Db::connect(
+                &format!("{url}?application_name=sampler"),
+                &PoolSettings::default(),
+            )
+            .unwrap();
             let mut max = 0i64;
             while !stop.load(Ordering::SeqCst) {
                 let n: i64 = admin

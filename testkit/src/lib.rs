@@ -18,7 +18,9 @@ pub fn admin_url() -> String {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Says why a service-backed test cannot run: panics under CI, otherwise prints and returns
@@ -75,7 +77,9 @@ impl TestDb {
         };
         let template = template_name();
         // One process migrates the template; the advisory lock makes the others wait for it.
-        conn.execute("SELECT pg_advisory_lock(74617461)").await.unwrap();
+        conn.execute("SELECT pg_advisory_lock(74617461)")
+            .await
+            .unwrap();
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(&template)
@@ -83,7 +87,9 @@ impl TestDb {
                 .await
                 .unwrap();
         if !exists {
-            conn.execute(format!("CREATE DATABASE {template}").as_str()).await.unwrap();
+            conn.execute(format!("CREATE DATABASE {template}").as_str())
+                .await
+                .unwrap();
             let url = with_db(&admin, &template);
             let mut t = PgConnection::connect(&url).await.unwrap();
             sqlx::migrate!("../migrations").run(&mut t).await.unwrap();
@@ -101,7 +107,9 @@ impl TestDb {
         conn.execute(format!("CREATE DATABASE {name} TEMPLATE {template}").as_str())
             .await
             .unwrap();
-        conn.execute("SELECT pg_advisory_unlock(74617461)").await.unwrap();
+        conn.execute("SELECT pg_advisory_unlock(74617461)")
+            .await
+            .unwrap();
         let url = with_db(&admin, &name);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -126,10 +134,16 @@ impl TestDb {
 /// http://127.0.0.1:5055). `None` (outside CI) when it is not set or not answering.
 pub async fn aws_endpoint() -> Option<String> {
     let Ok(url) = std::env::var("DATAMAILER_TEST_AWS_ENDPOINT") else {
-        unavailable("the SQS/SES test server", "DATAMAILER_TEST_AWS_ENDPOINT is not set");
+        unavailable(
+            "the SQS/SES test server",
+            "DATAMAILER_TEST_AWS_ENDPOINT is not set",
+        );
         return None;
     };
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     match tokio::net::TcpStream::connect(&addr).await {
         Ok(_) => Some(url),
         Err(e) => {

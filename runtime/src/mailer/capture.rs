@@ -98,9 +98,15 @@ impl Mailer for CaptureMailer {
         }
         .await;
         match result {
-            Ok(()) => ids.into_iter().map(|message_id| Ok(SendReceipt { message_id })).collect(),
+            Ok(()) => ids
+                .into_iter()
+                .map(|message_id| Ok(SendReceipt { message_id }))
+                .collect(),
             Err(e) => {
-                let err = SendError::Transient { code: "CaptureFailed".into(), message: e.to_string() };
+                let err = SendError::Transient {
+                    code: "CaptureFailed".into(),
+                    message: e.to_string(),
+                };
                 emails.iter().map(|_| Err(err.clone())).collect()
             }
         }

@@ -89,7 +89,9 @@ impl SendLimiter {
         };
         // governor counts whole cells: express fractional rates as one cell per period.
         let period = Duration::from_secs_f64(1.0 / rate);
-        let quota = Quota::with_period(period).expect("positive period").allow_burst(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .expect("positive period")
+            .allow_burst(NonZeroU32::MIN);
         Self {
             inner: Some(Arc::new(Inner {
                 limiter: RateLimiter::direct(quota),
@@ -181,7 +183,10 @@ mod tests {
         }
         let order = order.lock().unwrap();
         let t_pos = order.iter().position(|x| x == "t").unwrap();
-        assert!(t_pos <= 1, "transactional send was not prioritised: {order:?}");
+        assert!(
+            t_pos <= 1,
+            "transactional send was not prioritised: {order:?}"
+        );
     }
 
     #[tokio::test]

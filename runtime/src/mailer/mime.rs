@@ -13,7 +13,10 @@ pub fn split_address(s: &str) -> (Option<String>, String) {
     if let (Some(open), true) = (s.rfind('<'), s.ends_with('>')) {
         let name = s[..open].trim().trim_matches('"').trim();
         let addr = s[open + 1..s.len() - 1].trim();
-        return ((!name.is_empty()).then(|| name.to_string()), addr.to_string());
+        return (
+            (!name.is_empty()).then(|| name.to_string()),
+            addr.to_string(),
+        );
     }
     (None, s.to_string())
 }
@@ -49,14 +52,26 @@ pub fn build(email: &OutgoingEmail) -> String {
         mb = mb.html_body(email.html_body.clone());
     }
     for (i, part) in email.parts.iter().enumerate() {
-        let filename = part.filename.clone().unwrap_or_else(|| format!("part-{}.txt", i + 1));
+        let filename = part
+            .filename
+            .clone()
+            .unwrap_or_else(|| format!("part-{}.txt", i + 1));
         mb = if part.disposition == "inline" {
-            mb.inline(part.content_type.clone(), filename, part.content.clone().into_bytes())
+            mb.inline(
+                part.content_type.clone(),
+                filename,
+                part.content.clone().into_bytes(),
+            )
         } else {
-            mb.attachment(part.content_type.clone(), filename, part.content.clone().into_bytes())
+            mb.attachment(
+                part.content_type.clone(),
+                filename,
+                part.content.clone().into_bytes(),
+            )
         };
     }
-    mb.write_to_string().expect("writing MIME to a string cannot fail")
+    mb.write_to_string()
+        .expect("writing MIME to a string cannot fail")
 }
 
 #[cfg(test)]
@@ -84,7 +99,10 @@ mod tests {
             ..Default::default()
         };
         let raw = build(&email);
-        assert!(raw.contains("From: \"Courses\" <courses@example.com>"), "{raw}");
+        assert!(
+            raw.contains("From: \"Courses\" <courses@example.com>"),
+            "{raw}"
+        );
         assert!(raw.contains("Cc: <c@example.com>"), "{raw}");
         assert!(raw.contains("Reply-To: <r@example.com>"), "{raw}");
         assert!(raw.contains("X-Campaign: spring"), "{raw}");
@@ -96,7 +114,10 @@ mod tests {
 
     #[test]
     fn splits_display_names() {
-        assert_eq!(split_address("Name <a@b.c>"), (Some("Name".into()), "a@b.c".into()));
+        assert_eq!(
+            split_address("Name <a@b.c>"),
+            (Some("Name".into()), "a@b.c".into())
+        );
         assert_eq!(split_address("a@b.c"), (None, "a@b.c".into()));
     }
 }

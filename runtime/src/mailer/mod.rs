@@ -139,7 +139,11 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(mailer: Arc<dyn Mailer>, limiter: SendLimiter) -> Self {
-        Self { mailer, limiter, throttle_retries: 3 }
+        Self {
+            mailer,
+            limiter,
+            throttle_retries: 3,
+        }
     }
 
     pub fn mailer_kind(&self) -> &'static str {
@@ -147,7 +151,11 @@ impl Sender {
     }
 
     /// Sends each message, in order of results, with the lane's priority on the limiter.
-    pub async fn send_batch(&self, lane: Lane, emails: &[OutgoingEmail]) -> Vec<Result<SendReceipt, SendError>> {
+    pub async fn send_batch(
+        &self,
+        lane: Lane,
+        emails: &[OutgoingEmail],
+    ) -> Vec<Result<SendReceipt, SendError>> {
         if emails.is_empty() {
             return Vec::new();
         }
@@ -162,7 +170,9 @@ impl Sender {
         }
         let mut results = Vec::with_capacity(emails.len());
         for chunk in emails.chunks(32) {
-            results.extend(futures::future::join_all(chunk.iter().map(|e| self.send_one(lane, e))).await);
+            results.extend(
+                futures::future::join_all(chunk.iter().map(|e| self.send_one(lane, e))).await,
+            );
         }
         results
     }
@@ -178,10 +188,13 @@ impl Sender {
             match result {
                 Err(SendError::Throttled { .. }) if attempt < self.throttle_retries => {
                     attempt += 1;
-                    metrics::counter!("datamailer_ses_throttles_total", "lane" => lane.as_str()).increment(1);
+                    metrics::counter!("datamailer_ses_throttles_total", "lane" => lane.as_str())
+                        .increment(1);
                     self.limiter.cool_down();
                     let base = Duration::from_millis(200 * (1 << attempt));
-                    let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..=base.as_millis() as u64));
+                    let jitter = Duration::from_millis(
+                        rand::thread_rng().gen_range(0..=base.as_millis() as u64),
+                    );
                     tokio::time::sleep(base + jitter).await;
                 }
                 other => return other,
@@ -207,6 +220,7 @@ impl Sender {
         };
         metrics::counter!("datamailer_ses_sends_total", "lane" => lane.as_str(), "mailer" => self.mailer.kind(), "outcome" => outcome)
             .increment(1);
-        metrics::histogram!("datamailer_ses_send_duration_seconds", "mailer" => self.mailer.kind()).record(seconds);
+        metrics::histogram!("datamailer_ses_send_duration_seconds", "mailer" => self.mailer.kind())
+            .record(seconds);
     }
 }

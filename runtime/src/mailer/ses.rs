@@ -13,7 +13,9 @@ use aws_sdk_sesv2::config::retry::RetryConfig;
 use aws_sdk_sesv2::config::timeout::TimeoutConfig;
 use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::primitives::Blob;
-use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageTag, RawMessage};
+use aws_sdk_sesv2::types::{
+    Body, Content, Destination, EmailContent, Message, MessageTag, RawMessage,
+};
 
 use super::{mime, Mailer, OutgoingEmail, SendError, SendReceipt};
 
@@ -53,8 +55,12 @@ const PERMANENT: &[&str] = &[
     "InvalidParameterValueException",
     "ValidationError",
 ];
-const THROTTLED: &[&str] =
-    &["TooManyRequestsException", "LimitExceededException", "Throttling", "ThrottlingException"];
+const THROTTLED: &[&str] = &[
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "Throttling",
+    "ThrottlingException",
+];
 const PAUSED: &[&str] = &["SendingPausedException", "AccountSuspendedException"];
 
 /// Classifies an error code and HTTP status the way the sender needs.
@@ -74,8 +80,16 @@ pub fn classify(code: &str, message: &str, status: Option<u16>) -> SendError {
 
 fn tag(name: &str, value: &str) -> Option<MessageTag> {
     // SES tag values allow only ASCII letters, digits, '_', '-', '.', '@'.
-    let clean: String =
-        value.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.@".contains(c) { c } else { '_' }).collect();
+    let clean: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     MessageTag::builder().name(name).value(clean).build().ok()
 }
 
@@ -95,12 +109,17 @@ impl Mailer for SesMailer {
             let raw = RawMessage::builder()
                 .data(Blob::new(mime::build(email).into_bytes()))
                 .build()
-                .map_err(|e| SendError::Permanent { code: "BuildError".into(), message: e.to_string() })?;
+                .map_err(|e| SendError::Permanent {
+                    code: "BuildError".into(),
+                    message: e.to_string(),
+                })?;
             EmailContent::builder().raw(raw).build()
         } else {
             let utf8 = |s: &str| Content::builder().data(s).charset("UTF-8").build();
-            let subject = utf8(&email.subject)
-                .map_err(|e| SendError::Permanent { code: "BuildError".into(), message: e.to_string() })?;
+            let subject = utf8(&email.subject).map_err(|e| SendError::Permanent {
+                code: "BuildError".into(),
+                message: e.to_string(),
+            })?;
             let mut body = Body::builder();
             // As the original: Html always (even empty), Text only when there is text.
             body = body.html(utf8(&email.html_body).expect("data is set"));
@@ -108,7 +127,12 @@ impl Mailer for SesMailer {
                 body = body.text(utf8(&email.text_body).expect("data is set"));
             }
             EmailContent::builder()
-                .simple(Message::builder().subject(subject).body(body.build()).build())
+                .simple(
+                    Message::builder()
+                        .subject(subject)
+                        .body(body.build())
+                        .build(),
+                )
                 .build()
         };
         let tags: Vec<MessageTag> = email.tags.iter().filter_map(|(k, v)| tag(k, v)).collect();
@@ -124,7 +148,9 @@ impl Mailer for SesMailer {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(SendReceipt { message_id: out.message_id().unwrap_or_default().to_string() }),
+            Ok(out) => Ok(SendReceipt {
+                message_id: out.message_id().unwrap_or_default().to_string(),
+            }),
             Err(SdkError::ServiceError(e)) => {
                 let status = e.raw().status().as_u16();
                 let err = e.err();
@@ -134,12 +160,16 @@ impl Mailer for SesMailer {
                     Some(status),
                 ))
             }
-            Err(SdkError::TimeoutError(_)) => {
-                Err(SendError::Transient { code: "Timeout".into(), message: "SES request timed out".into() })
-            }
+            Err(SdkError::TimeoutError(_)) => Err(SendError::Transient {
+                code: "Timeout".into(),
+                message: "SES request timed out".into(),
+            }),
             Err(e) => Err(SendError::Transient {
                 code: "ConnectionError".into(),
-                message: format!("Could not connect to SES: {}", aws_sdk_sesv2::error::DisplayErrorContext(&e)),
+                message: format!(
+                    "Could not connect to SES: {}",
+                    aws_sdk_sesv2::error::DisplayErrorContext(&e)
+                ),
             }),
         }
     }
@@ -151,11 +181,26 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        assert!(matches!(classify("MessageRejected", "Address rejected", Some(400)), SendError::Permanent { .. }));
-        assert!(matches!(classify("TooManyRequestsException", "", Some(429)), SendError::Throttled { .. }));
-        assert!(matches!(classify("LimitExceededException", "", Some(400)), SendError::Throttled { .. }));
-        assert!(matches!(classify("SendingPausedException", "", Some(400)), SendError::Paused { .. }));
-        assert!(matches!(classify("InternalFailure", "", Some(500)), SendError::Transient { .. }));
+        assert!(matches!(
+            classify("MessageRejected", "Address rejected", Some(400)),
+            SendError::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify("TooManyRequestsException", "", Some(429)),
+            SendError::Throttled { .. }
+        ));
+        assert!(matches!(
+            classify("LimitExceededException", "", Some(400)),
+            SendError::Throttled { .. }
+        ));
+        assert!(matches!(
+            classify("SendingPausedException", "", Some(400)),
+            SendError::Paused { .. }
+        ));
+        assert!(matches!(
+            classify("InternalFailure", "", Some(500)),
+            SendError::Transient { .. }
+        ));
         assert_eq!(
             classify("MessageRejected", "Address rejected", None).to_string(),
             "MessageRejected: Address rejected"

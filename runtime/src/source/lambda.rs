@@ -7,6 +7,7 @@
 //!   SQS client and the queue URL);
 //! * dead-letter → copied to the DLQ with its reason, then not listed (listed if the copy failed,
 //!   so nothing is lost).
+//!
 //! Records never settled (deadline, crash) are listed as failures by [`LambdaBatch::failures`].
 
 use std::collections::BTreeSet;
@@ -48,7 +49,9 @@ impl LambdaBatch {
                     id: r.message_id.clone().unwrap_or_default(),
                     receipt: r.receipt_handle.clone().unwrap_or_default(),
                     body: r.body.clone().unwrap_or_default(),
-                    receive_count: attr("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1),
+                    receive_count: attr("ApproximateReceiveCount")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
                     sent_at: attr("SentTimestamp")
                         .and_then(|v| v.parse::<i64>().ok())
                         .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
@@ -69,7 +72,11 @@ impl LambdaBatch {
     /// Record ids Lambda must retry, in input order: failures plus anything never settled.
     pub fn failures(&self) -> Vec<String> {
         let unsettled = self.unsettled.lock().unwrap();
-        self.order.iter().filter(|id| unsettled.contains(*id)).cloned().collect()
+        self.order
+            .iter()
+            .filter(|id| unsettled.contains(*id))
+            .cloned()
+            .collect()
     }
 }
 
@@ -88,8 +95,18 @@ impl Source for LambdaBatch {
     }
 
     async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()> {
-        if let Some(LambdaSqs { client, queue_url: Some(url), .. }) = &self.sqs {
-            change_visibility(client, url, deliveries.iter().map(|d| (d, for_.as_secs() as i32))).await?;
+        if let Some(LambdaSqs {
+            client,
+            queue_url: Some(url),
+            ..
+        }) = &self.sqs
+        {
+            change_visibility(
+                client,
+                url,
+                deliveries.iter().map(|d| (d, for_.as_secs() as i32)),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -104,16 +121,27 @@ impl Source for LambdaBatch {
                 Settlement::DeadLetter { reason } => {
                     let dlq = self.sqs.as_ref().and_then(|s| s.dlq_url.as_deref());
                     match &self.sqs {
-                        Some(sqs) => match send_to_dlq(&sqs.client, dlq, &self.queue, d, reason).await {
-                            Ok(()) => done.push(d.id.clone()),
-                            Err(e) => tracing::error!(id = %d.id, error = %e, "could not dead-letter; reporting as a failure"),
-                        },
-                        None => tracing::error!(id = %d.id, reason, "no SQS client to dead-letter with; reporting as a failure"),
+                        Some(sqs) => {
+                            match send_to_dlq(&sqs.client, dlq, &self.queue, d, reason).await {
+                                Ok(()) => done.push(d.id.clone()),
+                                Err(e) => {
+                                    tracing::error!(id = %d.id, error = %e, "could not dead-letter; reporting as a failure")
+                                }
+                            }
+                        }
+                        None => {
+                            tracing::error!(id = %d.id, reason, "no SQS client to dead-letter with; reporting as a failure")
+                        }
                     }
                 }
             }
         }
-        if let Some(LambdaSqs { client, queue_url: Some(url), .. }) = &self.sqs {
+        if let Some(LambdaSqs {
+            client,
+            queue_url: Some(url),
+            ..
+        }) = &self.sqs
+        {
             // Backoff is a nicety: if it fails the record still retries after the queue's timeout.
             if let Err(e) = change_visibility(client, url, retry.into_iter()).await {
                 tracing::warn!(error = %e, "could not apply retry backoff");

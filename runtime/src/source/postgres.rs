@@ -130,7 +130,8 @@ impl Source for PostgresQueue {
 
     async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> anyhow::Result<()> {
         let mut acked = Vec::new();
-        let (mut retry_ids, mut retry_delays, mut retry_reasons) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut retry_ids, mut retry_delays, mut retry_reasons) =
+            (Vec::new(), Vec::new(), Vec::new());
         let (mut dead_ids, mut dead_reasons) = (Vec::new(), Vec::new());
         for (d, s) in &settled {
             let id: i64 = d.receipt.parse()?;
@@ -160,7 +161,14 @@ impl Source for PostgresQueue {
              SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
              FROM unnest($5::bigint[], $6::text[]) AS d(id, reason)
              WHERE q.id = d.id",
-            &[&acked, &retry_ids, &retry_delays, &retry_reasons, &dead_ids, &dead_reasons],
+            &[
+                &acked,
+                &retry_ids,
+                &retry_delays,
+                &retry_reasons,
+                &dead_ids,
+                &dead_reasons,
+            ],
         )
         .await?;
         Ok(())

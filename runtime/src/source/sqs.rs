@@ -60,7 +60,14 @@ impl SqsQueue {
                 None => None,
             },
         };
-        Ok(Self { client, queue, url, dlq_url, wait: Duration::from_secs(20), visibility_timeout })
+        Ok(Self {
+            client,
+            queue,
+            url,
+            dlq_url,
+            wait: Duration::from_secs(20),
+            visibility_timeout,
+        })
     }
 
     /// Long-poll wait (SQS allows 0..=20 s).
@@ -76,10 +83,19 @@ impl SqsQueue {
 
 async fn dlq_url_from_policy(client: &aws_sdk_sqs::Client, policy: &str) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_str(policy).context("parsing RedrivePolicy")?;
-    let arn = v["deadLetterTargetArn"].as_str().context("RedrivePolicy has no deadLetterTargetArn")?;
+    let arn = v["deadLetterTargetArn"]
+        .as_str()
+        .context("RedrivePolicy has no deadLetterTargetArn")?;
     let name = arn.rsplit(':').next().unwrap_or(arn);
-    let out = client.get_queue_url().queue_name(name).send().await.context("GetQueueUrl for the DLQ")?;
-    out.queue_url().map(str::to_string).context("GetQueueUrl returned no URL")
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .context("GetQueueUrl for the DLQ")?;
+    out.queue_url()
+        .map(str::to_string)
+        .context("GetQueueUrl returned no URL")
 }
 
 #[async_trait]
@@ -128,7 +144,12 @@ impl Source for SqsQueue {
 
     async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()> {
         let secs = for_.min(MAX_VISIBILITY).as_secs() as i32;
-        change_visibility(&self.client, &self.url, deliveries.iter().map(|d| (d, secs))).await
+        change_visibility(
+            &self.client,
+            &self.url,
+            deliveries.iter().map(|d| (d, secs)),
+        )
+        .await
     }
 
     async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> anyhow::Result<()> {
@@ -142,7 +163,14 @@ impl Source for SqsQueue {
                 }
                 Settlement::DeadLetter { reason } => {
                     // Only a message safely in the DLQ may leave the source queue.
-                    send_to_dlq(&self.client, self.dlq_url.as_deref(), &self.queue, d, reason).await?;
+                    send_to_dlq(
+                        &self.client,
+                        self.dlq_url.as_deref(),
+                        &self.queue,
+                        d,
+                        reason,
+                    )
+                    .await?;
                     delete.push(d);
                 }
             }
@@ -205,9 +233,16 @@ pub(crate) async fn change_visibility<'a>(
                     .build()?,
             );
         }
-        let out = req.send().await.context("SQS ChangeMessageVisibilityBatch")?;
+        let out = req
+            .send()
+            .await
+            .context("SQS ChangeMessageVisibilityBatch")?;
         if let Some(f) = out.failed().first() {
-            anyhow::bail!("SQS refused a visibility change: {} {}", f.code(), f.message().unwrap_or_default());
+            anyhow::bail!(
+                "SQS refused a visibility change: {} {}",
+                f.code(),
+                f.message().unwrap_or_default()
+            );
         }
     }
     Ok(())
@@ -231,7 +266,11 @@ async fn delete_batch<'a>(
         }
         let out = req.send().await.context("SQS DeleteMessageBatch")?;
         if let Some(f) = out.failed().first() {
-            anyhow::bail!("SQS refused a delete: {} {}", f.code(), f.message().unwrap_or_default());
+            anyhow::bail!(
+                "SQS refused a delete: {} {}",
+                f.code(),
+                f.message().unwrap_or_default()
+            );
         }
     }
     Ok(())
@@ -246,7 +285,10 @@ pub struct SqsDeadLetter {
 }
 
 /// Reads every message of a DLQ without consuming it (each is made visible again at once).
-pub async fn list_dead_letters(client: &aws_sdk_sqs::Client, dlq_url: &str) -> anyhow::Result<Vec<SqsDeadLetter>> {
+pub async fn list_dead_letters(
+    client: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+) -> anyhow::Result<Vec<SqsDeadLetter>> {
     let mut seen = std::collections::BTreeMap::new();
     let mut handles = Vec::new();
     // Keep them invisible while we page through, then hand them all back.
@@ -269,7 +311,9 @@ pub async fn list_dead_letters(client: &aws_sdk_sqs::Client, dlq_url: &str) -> a
                 .message_attributes()
                 .and_then(|a| a.get("DeadLetterReason"))
                 .and_then(|v| v.string_value())
-                .unwrap_or("(no reason recorded: moved by the redrive policy after too many receives)")
+                .unwrap_or(
+                    "(no reason recorded: moved by the redrive policy after too many receives)",
+                )
                 .to_string();
             let id = m.message_id().unwrap_or_default().to_string();
             handles.push(Delivery {
@@ -279,7 +323,14 @@ pub async fn list_dead_letters(client: &aws_sdk_sqs::Client, dlq_url: &str) -> a
                 receive_count: 0,
                 sent_at: None,
             });
-            seen.insert(id.clone(), SqsDeadLetter { id, body: m.body().unwrap_or_default().to_string(), reason });
+            seen.insert(
+                id.clone(),
+                SqsDeadLetter {
+                    id,
+                    body: m.body().unwrap_or_default().to_string(),
+                    reason,
+                },
+            );
         }
     }
     change_visibility(client, dlq_url, handles.iter().map(|d| (d, 0))).await?;
@@ -287,7 +338,11 @@ pub async fn list_dead_letters(client: &aws_sdk_sqs::Client, dlq_url: &str) -> a
 }
 
 /// Moves every message of the DLQ back to the source queue. Returns how many moved.
-pub async fn redrive(client: &aws_sdk_sqs::Client, dlq_url: &str, queue_url: &str) -> anyhow::Result<usize> {
+pub async fn redrive(
+    client: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    queue_url: &str,
+) -> anyhow::Result<usize> {
     let mut moved = 0;
     loop {
         let out = client

@@ -53,7 +53,10 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        Self { max_restarts: 5, within: Duration::from_secs(60) }
+        Self {
+            max_restarts: 5,
+            within: Duration::from_secs(60),
+        }
     }
 }
 
@@ -74,7 +77,11 @@ pub struct TreeSpec {
 }
 
 impl TreeSpec {
-    pub fn new(queue: impl Into<String>, source: Arc<dyn Source>, handler: Arc<dyn Handler>) -> Self {
+    pub fn new(
+        queue: impl Into<String>,
+        source: Arc<dyn Source>,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
         Self {
             queue: queue.into(),
             source,
@@ -128,7 +135,12 @@ impl QueueTree {
         let (supervisor, handle) =
             Actor::spawn(None, supervisor::QueueSupervisor, (spec, exit.clone())).await?;
         tracing::info!(queue, "queue tree started");
-        Ok(QueueTree { queue, supervisor, handle, exit })
+        Ok(QueueTree {
+            queue,
+            supervisor,
+            handle,
+            exit,
+        })
     }
 
     pub fn queue(&self) -> &str {
@@ -137,13 +149,19 @@ impl QueueTree {
 
     /// A handle to stop the tree from elsewhere while another task waits on it.
     pub fn stopper(&self) -> TreeStopper {
-        TreeStopper { supervisor: self.supervisor.clone() }
+        TreeStopper {
+            supervisor: self.supervisor.clone(),
+        }
     }
 
     /// Waits until the tree ends by itself (source exhausted, or failure).
     pub async fn wait(self) -> TreeExit {
         let _ = self.handle.await;
-        self.exit.lock().unwrap().clone().unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
+        self.exit
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
     }
 
     /// Stops receiving, finishes in-flight work, then ends. After `grace` the tree is killed
@@ -160,9 +178,15 @@ impl QueueTree {
             self.supervisor.kill();
             let _ = self.handle.await;
             let mut exit = self.exit.lock().unwrap();
-            exit.get_or_insert(TreeExit::Failed("stopped before in-flight work finished".into()));
+            exit.get_or_insert(TreeExit::Failed(
+                "stopped before in-flight work finished".into(),
+            ));
             return exit.clone().unwrap();
         }
-        self.exit.lock().unwrap().clone().unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
+        self.exit
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
     }
 }

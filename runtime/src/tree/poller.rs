@@ -36,7 +36,12 @@ impl Actor for Poller {
         _: ActorRef<Self::Msg>,
         (spec, supervisor, stopping): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(State { spec, supervisor, stopping, failures: 0 })
+        Ok(State {
+            spec,
+            supervisor,
+            stopping,
+            failures: 0,
+        })
     }
 
     async fn handle(

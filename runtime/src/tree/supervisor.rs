@@ -51,7 +51,11 @@ async fn spawn_worker(
     index: usize,
     myself: &ActorRef<SupervisorMsg>,
 ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
-    let args = WorkerArgs { index, spec: spec.clone(), supervisor: myself.clone() };
+    let args = WorkerArgs {
+        index,
+        spec: spec.clone(),
+        supervisor: myself.clone(),
+    };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)
 }
@@ -88,11 +92,19 @@ impl QueueSupervisor {
     }
 
     /// Counts a restart; past the policy's intensity the whole tree fails.
-    fn note_restart(state: &mut State, actor: &'static str, why: &str) -> Result<(), ActorProcessingErr> {
+    fn note_restart(
+        state: &mut State,
+        actor: &'static str,
+        why: &str,
+    ) -> Result<(), ActorProcessingErr> {
         events::actor_restarted(&state.spec.queue, actor, why);
         let now = Instant::now();
         state.restarts.push_back(now);
-        while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.spec.restart.within) {
+        while state
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > state.spec.restart.within)
+        {
             state.restarts.pop_front();
         }
         if state.restarts.len() > state.spec.restart.max_restarts {
@@ -102,7 +114,11 @@ impl QueueSupervisor {
                 state.spec.restart.within
             );
             events::tree_failed(&state.spec.queue, &reason);
-            state.exit.lock().unwrap().get_or_insert(TreeExit::Failed(reason.clone()));
+            state
+                .exit
+                .lock()
+                .unwrap()
+                .get_or_insert(TreeExit::Failed(reason.clone()));
             return Err(reason.into());
         }
         Ok(())
@@ -167,7 +183,11 @@ impl Actor for QueueSupervisor {
         })
     }
 
-    async fn post_start(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         Self::maybe_poll(state);
         Ok(())
     }
@@ -185,7 +205,15 @@ impl Actor for QueueSupervisor {
                     // Received while shutting down: hand them straight back.
                     let back = deliveries
                         .into_iter()
-                        .map(|d| (d, Settlement::Retry { delay: Default::default(), reason: "shutting down".into() }))
+                        .map(|d| {
+                            (
+                                d,
+                                Settlement::Retry {
+                                    delay: Default::default(),
+                                    reason: "shutting down".into(),
+                                },
+                            )
+                        })
                         .collect();
                     if let Err(e) = state.spec.source.settle(back).await {
                         tracing::warn!(queue = %state.spec.queue, error = %e, "could not hand messages back");
@@ -195,7 +223,10 @@ impl Actor for QueueSupervisor {
                     while !rest.is_empty() {
                         let take = rest.len().min(state.spec.batch_size.max(1));
                         let batch: Vec<Delivery> = rest.drain(..take).collect();
-                        let index = state.idle.pop().expect("never receive more than idle workers take");
+                        let index = state
+                            .idle
+                            .pop()
+                            .expect("never receive more than idle workers take");
                         state.workers[index].cast(WorkerMsg::Work(batch))?;
                     }
                 }

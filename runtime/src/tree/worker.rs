@@ -29,7 +29,11 @@ impl Actor for Worker {
     type State = WorkerArgs;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, args: WorkerArgs) -> Result<WorkerArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -43,7 +47,9 @@ impl Actor for Worker {
         // A settle failure crashes this worker (the supervisor restarts it); the batch's
         // messages then come back after their visibility timeout.
         run_batch(&state.spec, batch).await?;
-        state.supervisor.cast(SupervisorMsg::WorkerDone(state.index))?;
+        state
+            .supervisor
+            .cast(SupervisorMsg::WorkerDone(state.index))?;
         Ok(())
     }
 }
@@ -104,7 +110,10 @@ fn settlement(spec: &TreeSpec, d: &Delivery, outcome: Outcome) -> Settlement {
         Outcome::Retry(reason) if d.receive_count >= spec.max_receives => Settlement::DeadLetter {
             reason: format!("gave up after {} receives: {reason}", d.receive_count),
         },
-        Outcome::Retry(reason) => Settlement::Retry { delay: spec.backoff.delay(d.receive_count), reason },
+        Outcome::Retry(reason) => Settlement::Retry {
+            delay: spec.backoff.delay(d.receive_count),
+            reason,
+        },
     }
 }
 
@@ -115,19 +124,30 @@ pub(crate) async fn handle_isolated(handler: &dyn Handler, batch: &[Delivery]) -
     match AssertUnwindSafe(handler.handle(batch)).catch_unwind().await {
         Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
         Ok(outcomes) => {
-            let why = format!("handler returned {} outcomes for {} messages", outcomes.len(), batch.len());
+            let why = format!(
+                "handler returned {} outcomes for {} messages",
+                outcomes.len(),
+                batch.len()
+            );
             batch.iter().map(|_| Outcome::Retry(why.clone())).collect()
         }
-        Err(panic) if batch.len() == 1 => vec![Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))],
+        Err(panic) if batch.len() == 1 => vec![Outcome::Retry(format!(
+            "handler panicked: {}",
+            panic_message(&panic)
+        ))],
         Err(_) => {
             let mut outcomes = Vec::with_capacity(batch.len());
             for d in batch {
                 let one = std::slice::from_ref(d);
-                outcomes.push(match AssertUnwindSafe(handler.handle(one)).catch_unwind().await {
-                    Ok(mut o) if o.len() == 1 => o.remove(0),
-                    Ok(_) => Outcome::Retry("handler returned no outcome".into()),
-                    Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_message(&panic))),
-                });
+                outcomes.push(
+                    match AssertUnwindSafe(handler.handle(one)).catch_unwind().await {
+                        Ok(mut o) if o.len() == 1 => o.remove(0),
+                        Ok(_) => Outcome::Retry("handler returned no outcome".into()),
+                        Err(panic) => {
+                            Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
+                        }
+                    },
+                );
             }
             outcomes
         }
