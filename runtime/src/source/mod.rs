@@ -66,7 +66,14 @@ pub trait Source: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Receives at most `max` messages; may wait (long poll) but returns promptly when empty.
+    /// A receive is never cancelled half-way (its messages would stay invisible until their
+    /// timeout), so keep its wait bounded.
     async fn receive(&self, max: usize) -> anyhow::Result<Received>;
+
+    /// How long the poller pauses after an empty receive (sources without long polling).
+    fn idle_wait(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Keeps the messages invisible for `for_` from now.
     async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()>;

@@ -110,9 +110,6 @@ impl Source for PostgresQueue {
                 sent_at: Some(row.get(3)),
             });
         }
-        if out.is_empty() {
-            tokio::time::sleep(self.idle_poll).await;
-        }
         Ok(Received::Messages(out))
     }
 
@@ -176,6 +173,10 @@ impl Source for PostgresQueue {
 
     fn visibility_timeout(&self) -> Duration {
         self.visibility_timeout
+    }
+
+    fn idle_wait(&self) -> Duration {
+        self.idle_poll
     }
 }
 

@@ -1,5 +1,6 @@
 //! The poller: receives from the source when (and only as much as) the supervisor asks.
-//! A long poll is cut short by shutdown; receive errors back off instead of crashing.
+//! Receive errors back off instead of crashing; shutdown cuts the pauses short, not a receive
+//! (so shutting down waits for at most one SQS long poll, ≤ 20 s).
 
 use std::time::Duration;
 
@@ -16,6 +17,17 @@ pub enum PollerMsg {
 }
 
 pub struct Poller;
+
+/// Sleeps for `d`, or less if shutdown begins.
+async fn pause(stopping: &mut watch::Receiver<bool>, d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {},
+        _ = stopping.wait_for(|s| *s) => {},
+    }
+}
 
 pub struct State {
     spec: TreeSpec,
@@ -52,15 +64,14 @@ impl Actor for Poller {
     ) -> Result<(), ActorProcessingErr> {
         let PollerMsg::Poll { max } = message;
         let mut stopping = state.stopping.clone();
-        let received = tokio::select! {
-            biased;
-            _ = stopping.wait_for(|s| *s) => Ok(Received::Messages(Vec::new())),
-            r = state.spec.source.receive(max) => r,
-        };
-        let reply = match received {
+        // Not raced against shutdown: a receive cut short could leave its messages invisible
+        // until their timeout. Only the pauses between receives are interruptible.
+        let reply = match state.spec.source.receive(max).await {
             Ok(Received::Messages(messages)) => {
                 state.failures = 0;
-                if !messages.is_empty() {
+                if messages.is_empty() {
+                    pause(&mut stopping, state.spec.source.idle_wait()).await;
+                } else {
                     events::received(&state.spec.queue, state.spec.source.kind(), messages.len());
                 }
                 SupervisorMsg::Received(messages)
@@ -69,11 +80,7 @@ impl Actor for Poller {
             Err(e) => {
                 events::receive_failed(&state.spec.queue, &e);
                 state.failures += 1;
-                let pause = Duration::from_millis(250 * 2u64.pow(state.failures.min(7)));
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {},
-                    _ = stopping.wait_for(|s| *s) => {},
-                }
+                pause(&mut stopping, Duration::from_millis(250 * 2u64.pow(state.failures.min(7)))).await;
                 SupervisorMsg::Received(Vec::new())
             }
         };

@@ -1,0 +1,232 @@
+//! The product as a user runs it: the `datamailer` binary on the embedded defaults.
+//!
+//! * end to end: provision → template → send → `sent` → visible in `datamailer outbox`;
+//! * a SIGTERM in the middle of a burst loses nothing and sends nothing twice: the fake SES
+//!   endpoint below (the only stand-in here; it answers SES v2 `SendEmail` slowly so the
+//!   signal lands mid-flight) sees every message exactly once across two runs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use datamailer_testkit::TestDb;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    async fn start(db_url: &str, extra_env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("DATAMAILER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATAMAILER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if reqwest::get(format!("{base}/health/")).await.is_ok_and(|r| r.status() == 200) {
+                return Server { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("datamailer serve did not become healthy");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn provision(db_url: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["provision", "--org", "o", "--audience", "a", "--client", "c", "--sender", "news=News <news@example.com>"])
+        .env("DATABASE_URL", db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(key.starts_with("dm_"), "{key}");
+    key
+}
+
+async fn put_template(http: &reqwest::Client, base: &str, key: &str) {
+    let r = http
+        .put(format!("{base}/api/transactional/templates/welcome"))
+        .bearer_auth(key)
+        .json(&json!({"name": "Welcome", "subject": "Welcome {{ name }}", "text_body": "Hi {{ name }}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn send(http: &reqwest::Client, base: &str, key: &str, email: &str, name: &str) -> i64 {
+    let r = http
+        .post(format!("{base}/api/transactional/send"))
+        .bearer_auth(key)
+        .json(&json!({"email": email, "template_key": "welcome", "context": {"name": name}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["message"]["id"].as_i64().unwrap()
+}
+
+async fn status(http: &reqwest::Client, base: &str, key: &str, id: i64) -> String {
+    let r: Value = http
+        .get(format!("{base}/api/transactional/messages/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["message"]["status"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn serve_sends_a_transactional_email_into_the_outbox() {
+    let Some(db) = TestDb::create().await else { return };
+    let key = provision(&db.url);
+    let server = Server::start(&db.url, &[]).await;
+    let http = reqwest::Client::new();
+    put_template(&http, &server.base, &key).await;
+    let id = send(&http, &server.base, &key, "Ada@Example.com", "Ada").await;
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = status(&http, &server.base, &key, id).await;
+        if last == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, "sent");
+    let out = Command::new(BIN).args(["outbox", "--json"]).env("DATABASE_URL", &db.url).output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["subject"], "Welcome Ada");
+    assert_eq!(lines[0]["to"], json!(["ada@example.com"]));
+    assert_eq!(lines[0]["from"], "News <news@example.com>");
+
+    let metrics = http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("datamailer_messages_acked_total{queue=\"transactional-email\"}"), "{metrics}");
+    assert!(metrics.contains("datamailer_ses_sends_total"), "{metrics}");
+    server.terminate();
+    db.drop_db().await;
+}
+
+/// A fake SES v2 endpoint: answers `SendEmail` after a delay and counts each message id tag.
+async fn fake_ses(delay: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, usize>>>) {
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v2/email/outbound-emails",
+        post(move |body: String| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                let v: Value = serde_json::from_str(&body).unwrap();
+                let tag = v["EmailTags"]
+                    .as_array()
+                    .and_then(|tags| tags.iter().find(|t| t["Name"] == "datamailer_message_id"))
+                    .and_then(|t| t["Value"].as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                *s.lock().unwrap().entry(tag.clone()).or_default() += 1;
+                axum::Json(json!({"MessageId": format!("fake-{tag}")}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+// Multi-threaded: `terminate` blocks its thread while the fake SES must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
+    let Some(db) = TestDb::create().await else { return };
+    let key = provision(&db.url);
+    let (ses_addr, seen) = fake_ses(Duration::from_millis(250)).await;
+    let endpoint = format!("http://{ses_addr}");
+    let env = [
+        ("DATAMAILER_MAILER", "ses"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("DATAMAILER_SES_MAX_SEND_RATE", "0"),
+    ];
+    let server = Server::start(&db.url, &env).await;
+    let http = reqwest::Client::new();
+    put_template(&http, &server.base, &key).await;
+    let total = 120;
+    let sends = (0..total).map(|i| {
+        let (http, base, key) = (http.clone(), server.base.clone(), key.clone());
+        async move { send(&http, &base, &key, &format!("user{i}@example.com"), "x").await }
+    });
+    let ids: Vec<i64> = futures::future::join_all(sends).await;
+    // Sending 120 at 4 workers × 10 per 250 ms takes ~750 ms: stop in the middle of it.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    server.terminate();
+    let sent_before = seen.lock().unwrap().len();
+    assert!(sent_before < total, "the signal came too late to test anything ({sent_before} sent)");
+
+    let server = Server::start(&db.url, &env).await;
+    for _ in 0..200 {
+        if seen.lock().unwrap().len() == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let mut st = String::new();
+        for _ in 0..50 {
+            st = status(&http, &server.base, &key, *id).await;
+            if st == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(st, "sent", "message {id}");
+    }
+    server.terminate();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), total, "every message reached SES");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    db.drop_db().await;
+}
