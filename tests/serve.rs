@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -33,18 +37,26 @@ impl Server {
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
             .env("DATAMAILER_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATAMAILER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "DATAMAILER_METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        let server = Server {
+            child: cmd.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
-            if reqwest::get(format!("{base}/health/")).await.is_ok_and(|r| r.status() == 200) {
-                return Server { child, base };
+            if reqwest::get(format!("{}/health/", server.base))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -54,7 +66,11 @@ impl Server {
     /// SIGTERM, then wait for a clean exit.
     fn terminate(mut self) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "serve exited with {status}");
     }
@@ -63,17 +79,37 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn provision(db_url: &str) -> String {
     let out = Command::new(BIN)
-        .args(["provision", "--org", "o", "--audience", "a", "--client", "c", "--sender", "news=News <news@example.com>"])
+        .args([
+            "provision",
+            "--org",
+            "o",
+            "--audience",
+            "a",
+            "--client",
+            "c",
+            "--sender",
+            "news=News <news@example.com>",
+        ])
         .env("DATABASE_URL", db_url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     assert!(key.starts_with("dm_"), "{key}");
     key
 }
@@ -98,7 +134,9 @@ async fn send(http: &reqwest::Client, base: &str, key: &str, email: &str, name: 
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["message"]["id"].as_i64().unwrap()
+    r.json::<Value>().await.unwrap()["message"]["id"]
+        .as_i64()
+        .unwrap()
 }
 
 async fn status(http: &reqwest::Client, base: &str, key: &str, id: i64) -> String {
@@ -116,7 +154,9 @@ async fn status(http: &reqwest::Client, base: &str, key: &str, id: i64) -> Strin
 
 #[tokio::test]
 async fn serve_sends_a_transactional_email_into_the_outbox() {
-    let Some(db) = TestDb::create().await else { return };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
     let key = provision(&db.url);
     let server = Server::start(&db.url, &[]).await;
     let http = reqwest::Client::new();
@@ -131,17 +171,34 @@ async fn serve_sends_a_transactional_email_into_the_outbox() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last, "sent");
-    let out = Command::new(BIN).args(["outbox", "--json"]).env("DATABASE_URL", &db.url).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["outbox", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["subject"], "Welcome Ada");
     assert_eq!(lines[0]["to"], json!(["ada@example.com"]));
     assert_eq!(lines[0]["from"], "News <news@example.com>");
 
-    let metrics = http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("datamailer_messages_acked_total{queue=\"transactional-email\"}"), "{metrics}");
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("datamailer_messages_acked_total{queue=\"transactional-email\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("datamailer_ses_sends_total"), "{metrics}");
     server.terminate();
     db.drop_db().await;
@@ -178,7 +235,9 @@ async fn fake_ses(delay: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, usi
 // Multi-threaded: `terminate` blocks its thread while the fake SES must keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
-    let Some(db) = TestDb::create().await else { return };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
     let key = provision(&db.url);
     let (ses_addr, seen) = fake_ses(Duration::from_millis(250)).await;
     let endpoint = format!("http://{ses_addr}");
@@ -203,7 +262,10 @@ async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
     tokio::time::sleep(Duration::from_millis(60)).await;
     server.terminate();
     let sent_before = seen.lock().unwrap().len();
-    assert!(sent_before < total, "the signal came too late to test anything ({sent_before} sent)");
+    assert!(
+        sent_before < total,
+        "the signal came too late to test anything ({sent_before} sent)"
+    );
 
     let server = Server::start(&db.url, &env).await;
     for _ in 0..200 {
@@ -224,9 +286,40 @@ async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
         assert_eq!(st, "sent", "message {id}");
     }
     server.terminate();
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), total, "every message reached SES");
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     db.drop_db().await;
+}
+
+#[test]
+fn bad_configuration_is_reported_one_line_per_variable() {
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env("DATAMAILER_QUEUE_BACKEND", "kafka")
+        .env("DATAMAILER_DB_MAX_CONNECTIONS", "lots")
+        .env("DATAMAILER_HTTP_ADDR", "nowhere")
+        .env("DATAMAILER_SES_MAX_SEND_RATE", "fast")
+        .env_remove("DATAMAILER_MAILER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("configuration error: "))
+        .collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for var in [
+        "DATAMAILER_QUEUE_BACKEND: 'kafka' must be postgres or sqs",
+        "DATAMAILER_DB_MAX_CONNECTIONS: 'lots'",
+        "DATAMAILER_HTTP_ADDR: 'nowhere'",
+        "DATAMAILER_SES_MAX_SEND_RATE: 'fast'",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(var)),
+            "no line for {var}: {stderr}"
+        );
+    }
 }
