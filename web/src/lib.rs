@@ -2,7 +2,7 @@
 //! Prometheus metrics. Handlers are thin: they parse with `datamailer-core`, talk to Postgres
 //! with runtime SQL, and answer through one error type ([`error::ApiError`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
@@ -16,6 +16,7 @@ pub mod json;
 mod messages;
 pub mod provision;
 mod send;
+pub mod send_writer;
 mod senders;
 mod templates;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub(crate) producer: Producer,
     #[allow(dead_code)]
     pub(crate) config: Arc<WebConfig>,
+    /// Started on first use (so `new` needs no runtime).
+    writer: Arc<OnceLock<send_writer::SendWriter>>,
 }
 
 impl AppState {
@@ -41,7 +44,14 @@ impl AppState {
             db,
             producer,
             config: Arc::new(config),
+            writer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The transactional send writer (group commit), started on first use.
+    pub(crate) fn send_writer(&self) -> &send_writer::SendWriter {
+        self.writer
+            .get_or_init(|| send_writer::SendWriter::start(self.db.clone(), self.producer.clone()))
     }
 
     /// The database pool.

@@ -1,18 +1,17 @@
 //! `POST /api/transactional/send`: the transactional send pipeline, web side (facts §3.2).
 //!
-//! Round trips on the hot path: one read (template, category audience, idempotent replay and,
-//! for a dry run, the contact, all in one statement), then one transaction of two statements:
-//! the contact upsert (which also reads the category preference and reserves the message id)
-//! and one statement whose CTEs insert the message, its event and, on the embedded queue, the
-//! queue message. A concurrent first send with the same idempotency key loses the
-//! `ON CONFLICT DO NOTHING`, rolls back and answers the winner's message as a replay.
+//! The handler validates, reads (template, category audience, idempotent replay and, for a
+//! dry run, the contact: one statement), resolves the sender, checks the required context and
+//! renders, all before anything is written. The write itself goes to the [`SendWriter`], which
+//! persists concurrent sends together in one transaction (contact upsert, delivery decision,
+//! message, event, queue message). A concurrent first send with the same idempotency key loses
+//! the `ON CONFLICT DO NOTHING` and is answered with the winner's message as a replay.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use datamailer_core::contracts::TransactionalEmailV1;
 use datamailer_core::fields::FieldErrors;
 use datamailer_core::render::{render, TemplateSource};
 use datamailer_core::time::iso_opt;
@@ -27,15 +26,13 @@ use sqlx::Row;
 use crate::auth::AuthClient;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonObject;
+use crate::send_writer::{NewMessage, WriteOutcome};
 use crate::AppState;
 
-/// The queue transactional messages go to.
-pub const QUEUE: &str = "transactional-email";
 /// Longest rendered subject we accept (RFC 5322 line limit).
 pub const MAX_SUBJECT_CHARS: usize = 998;
 
 const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
-const ENQUEUE_FAILURES_TOTAL: &str = "datamailer_enqueue_failures_total";
 
 /// Template, category audience, replay candidate and (dry run only) the contact, in one read.
 /// $1 client, $2 template key, $3 organization, $4 audience slug (nullable), $5 idempotency key
@@ -63,43 +60,6 @@ LEFT JOIN audiences a ON a.organization_id = $3 AND a.slug = $4
 LEFT JOIN transactional_messages m
        ON m.client_id = $1 AND m.idempotency_key = $5 AND $5 <> ''
 LEFT JOIN contacts ct ON ct.normalized_email = $6";
-
-/// Upserts the contact, reads its suppression flags and category preference, and reserves the
-/// message id (so the queue body can be built before the insert).
-/// $1 email, $2 normalized email, $3 audience (nullable), $4 client, $5 category tag (nullable).
-const UPSERT_CONTACT_SQL: &str = "\
-WITH c AS (
-    INSERT INTO contacts (email, normalized_email) VALUES ($1, $2)
-    ON CONFLICT (normalized_email) DO UPDATE SET updated_at = now()
-    RETURNING id, hard_bounced_at IS NOT NULL AS hard_bounced,
-              complained_at IS NOT NULL AS complained,
-              global_unsubscribed_at IS NOT NULL AS global_unsubscribed
-)
-SELECT c.id AS contact_id, c.hard_bounced, c.complained, c.global_unsubscribed,
-       EXISTS (SELECT 1 FROM category_preferences p
-               WHERE p.contact_id = c.id AND p.audience_id = $3 AND p.client_id = $4
-                 AND p.tag = $5 AND NOT p.enabled) AS category_disabled,
-       nextval(pg_get_serial_sequence('transactional_messages', 'id')) AS message_id
-FROM c";
-
-/// Inserts the message (unless its idempotency key is taken), its event and, when `$20` is not
-/// NULL, its queue message; returns the message's `created_at` (no row: the key was taken).
-const INSERT_MESSAGE_SQL: &str = "\
-WITH m AS (
-    INSERT INTO transactional_messages (id, client_id, contact_id, template_id, email,
-        from_email_id, from_email, template_key, status, idempotency_key, subject, html_body,
-        text_body, context, metadata, last_error)
-    OVERRIDING SYSTEM VALUE
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-    ON CONFLICT (client_id, idempotency_key) WHERE idempotency_key <> '' DO NOTHING
-    RETURNING id, created_at
-), e AS (
-    INSERT INTO email_events (transactional_message_id, contact_id, client_id, event_type, metadata)
-    SELECT m.id, $3, $2, $17, $18 FROM m
-), q AS (
-    INSERT INTO queue_messages (queue, body) SELECT $19, $20 FROM m WHERE $20 IS NOT NULL
-)
-SELECT created_at FROM m";
 
 /// The existing message for (client, idempotency key), after losing a concurrent insert.
 const EXISTING_SQL: &str = "\
@@ -290,12 +250,6 @@ pub async fn send(
         .clone()
         .unwrap_or_else(generate_idempotency_key);
     let metadata = req.message_metadata();
-    let category = |disabled: bool| {
-        req.category_tag.as_ref().map(|_| CategoryCheck {
-            has_scope: audience_id.is_some(),
-            category_disabled: disabled,
-        })
-    };
 
     // 3. Dry run: read-only contact lookup, decision, rendered output; nothing written.
     if req.dry_run {
@@ -304,7 +258,12 @@ pub async fn send(
             complained: row.try_get("complained")?,
             global_unsubscribed: row.try_get("global_unsubscribed")?,
         };
-        let decision = decide(flags, category(row.try_get("category_disabled")?));
+        let category_disabled: bool = row.try_get("category_disabled")?;
+        let category = req.category_tag.as_ref().map(|_| CategoryCheck {
+            has_scope: audience_id.is_some(),
+            category_disabled,
+        });
+        let decision = decide(flags, category);
         let view = MessageView {
             id: None,
             email: req.email.clone(),
@@ -328,73 +287,33 @@ pub async fn send(
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
 
-    // 5.4–5.8: one transaction.
-    let mut tx = state.db.begin().await?;
-    let contact = sqlx::query(UPSERT_CONTACT_SQL)
-        .bind(req.raw_email.trim())
-        .bind(&req.email)
-        .bind(audience_id)
-        .bind(auth.client_id)
-        .bind(req.category_tag.as_deref())
-        .fetch_one(&mut *tx)
-        .await?;
-    let contact_id: i64 = contact.try_get("contact_id")?;
-    let message_id: i64 = contact.try_get("message_id")?;
-    let flags = ContactFlags {
-        hard_bounced: contact.try_get("hard_bounced")?,
-        complained: contact.try_get("complained")?,
-        global_unsubscribed: contact.try_get("global_unsubscribed")?,
+    // 5.4–5.8: contact upsert, decision, message, event and queue message, committed together.
+    let new_message = NewMessage {
+        client_id: auth.client_id,
+        raw_email: req.raw_email.trim().to_string(),
+        email: req.email.clone(),
+        template_id: template.id,
+        template_key: template.key.clone(),
+        from_email_id: sender.id.clone(),
+        from_email: sender.email.clone(),
+        idempotency_key: idempotency_key.clone(),
+        subject: rendered.subject,
+        html_body: rendered.html_body,
+        text_body: rendered.text_body,
+        context,
+        metadata: metadata.clone(),
+        category_tag: req.category_tag.clone(),
+        audience_id,
     };
-    let decision = decide(flags, category(contact.try_get("category_disabled")?));
-    let status = status_for(&decision);
-    let reason = decision.reason.unwrap_or("");
-    let metadata_value = Value::Object(metadata.clone());
-    let (event_type, event_metadata) = if decision.allowed {
-        ("queued", json!({"template_key": template.key}))
-    } else {
-        ("skipped", json!({"reason": reason}))
-    };
-    let queue_body = decision.allowed.then(|| {
-        TransactionalEmailV1 {
-            transactional_message_id: message_id,
-            client_id: auth.client_id,
-            idempotency_key: idempotency_key.clone(),
-            contact_id: Some(contact_id),
-            template_id: Some(template.id),
-            template_key: Some(template.key.clone()),
-            metadata: Some(metadata.clone()),
-        }
-        .to_json()
-    });
-    let in_tx_body = queue_body
-        .as_deref()
-        .filter(|_| state.producer.writes_in_transaction());
-    let inserted = sqlx::query(INSERT_MESSAGE_SQL)
-        .bind(message_id)
-        .bind(auth.client_id)
-        .bind(contact_id)
-        .bind(template.id)
-        .bind(&req.email)
-        .bind(&sender.id)
-        .bind(&sender.email)
-        .bind(&template.key)
-        .bind(status)
-        .bind(&idempotency_key)
-        .bind(&rendered.subject)
-        .bind(&rendered.html_body)
-        .bind(&rendered.text_body)
-        .bind(&context)
-        .bind(&metadata_value)
-        .bind(reason)
-        .bind(event_type)
-        .bind(&event_metadata)
-        .bind(QUEUE)
-        .bind(in_tx_body)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(inserted) = inserted else {
+    let outcome = state.send_writer().write(new_message).await?;
+    let WriteOutcome::Inserted {
+        message_id,
+        created_at,
+        decision,
+        enqueued,
+    } = outcome
+    else {
         // A concurrent send with the same key won: answer its message as a replay.
-        tx.rollback().await?;
         let existing = sqlx::query(EXISTING_SQL)
             .bind(auth.client_id)
             .bind(&idempotency_key)
@@ -402,41 +321,28 @@ pub async fn send(
             .await?;
         return Ok(replay(MessageView::from_row(&existing)?));
     };
-    let created_at: DateTime<Utc> = inserted.try_get("created_at")?;
-    tx.commit().await?;
-
-    let mut enqueued = decision.allowed;
-    if let Some(body) = queue_body.filter(|_| !state.producer.writes_in_transaction()) {
-        if let Err(err) = state.producer.send_after_commit(QUEUE, vec![body]).await {
-            // The row stays `queued`; the worker's stale-row sweeper re-enqueues it.
-            tracing::warn!(error = %format!("{err:#}"), message_id, "enqueue after commit failed");
-            metrics::counter!(ENQUEUE_FAILURES_TOTAL, "queue" => QUEUE).increment(1);
-            enqueued = false;
-        }
-    }
-
+    let status = status_for(&decision);
     let view = MessageView {
         id: Some(message_id),
         email: req.email.clone(),
         from_email_id: sender.id,
         from_email: sender.email,
-        metadata: metadata_value,
+        metadata: Value::Object(metadata),
         status: status.to_string(),
         template_key: template.key,
         idempotency_key,
         created_at: Some(created_at),
     };
-    let body = send_body(&view, false, enqueued);
+    let mut body = send_body(&view, false, enqueued);
     if decision.allowed {
         metrics::counter!(SENDS_TOTAL, "outcome" => "queued").increment(1);
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     metrics::counter!(SENDS_TOTAL, "outcome" => "skipped").increment(1);
-    let mut body = body;
     body["error"] = json!({
         "code": SUPPRESSED_CODE,
         "message": SUPPRESSED_MESSAGE,
-        "reason": reason,
+        "reason": decision.reason.unwrap_or(""),
     });
     Err(ApiError::Custom(StatusCode::CONFLICT, body))
 }

@@ -8,6 +8,9 @@ use datamailer_core::contracts::TransactionalEmailV1;
 use datamailer_web::provision::provision;
 use serde_json::{json, Value};
 
+/// (event_type, metadata, client_id, contact_id, audience_id).
+type EventRow = (String, Value, Option<i64>, Option<i64>, Option<i64>);
+
 #[tokio::test]
 async fn full_send_persists_renders_and_enqueues() {
     let Some(ctx) = setup().await else { return };
@@ -90,7 +93,7 @@ async fn full_send_persists_renders_and_enqueues() {
     assert_eq!(normalized, "ada.lovelace@example.com");
 
     // One queued event with {template_key}, client and contact set, audience null.
-    let events: Vec<(String, Value, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+    let events: Vec<EventRow> = sqlx::query_as(
         "SELECT event_type, metadata, client_id, contact_id, audience_id FROM email_events \
          WHERE transactional_message_id = $1",
     )

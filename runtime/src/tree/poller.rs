@@ -80,7 +80,11 @@ impl Actor for Poller {
             Err(e) => {
                 events::receive_failed(&state.spec.queue, &e);
                 state.failures += 1;
-                pause(&mut stopping, Duration::from_millis(250 * 2u64.pow(state.failures.min(7)))).await;
+                pause(
+                    &mut stopping,
+                    Duration::from_millis(250 * 2u64.pow(state.failures.min(7))),
+                )
+                .await;
                 SupervisorMsg::Received(Vec::new())
             }
         };

@@ -1,0 +1,396 @@
+//! `datamailer lambda` under a Lambda runtime emulator: cargo-lambda's `cargo lambda watch
+//! --only-lambda-apis` serves the Runtime API and the Invoke API; our built binary is the
+//! function, started by the test as Lambda would start a custom runtime.
+//!
+//! The SQS event is made of real SQS messages (received from a moto queue, as the event source
+//! mapping does) mixing a good record, a poison record and a record that fails transiently;
+//! the function must answer `batchItemFailures` naming exactly the transient one.
+//!
+//! Needs: Postgres, moto (`DATAMAILER_TEST_AWS_ENDPOINT`) and cargo-lambda (found through
+//! `DATAMAILER_TEST_CARGO_LAMBDA`, then `.venv/bin/cargo-lambda` in the workspace, then
+//! `cargo-lambda` on PATH). Set `DATAMAILER_TEST_SHOW_LOGS=1` to print the emulator's and the
+//! function's output even when the test passes (it is always printed on failure).
+//!
+//! The emulator answers `Lambda-Runtime-Deadline-Ms: 600000` (a constant, i.e. 1970), so the
+//! bootstrap sees a deadline already past and budgets Lambda's default 3 s (src/lambda.rs).
+
+mod support;
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use datamailer_runtime::source::sqs;
+use datamailer_testkit::TestDb;
+use serde_json::{json, Map, Value};
+use sqlx::Row;
+use support::*;
+
+/// A child process that is killed when the test ends, pass or fail (also on panic); on failure
+/// its output is printed so CI shows why.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, mut cmd: Command) -> ChildGuard {
+        let log = std::env::temp_dir().join(unique(&format!("dm-{name}")) + ".log");
+        let out = File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        ChildGuard { name, child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited early ({status}):\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("DATAMAILER_TEST_SHOW_LOGS").is_some() {
+            eprintln!("----- {} output -----\n{}", self.name, self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn cargo_lambda() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("DATAMAILER_TEST_CARGO_LAMBDA") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/cargo-lambda");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("cargo-lambda"))
+            .find(|p| p.exists())
+    })
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts the emulator on a free port and waits until it accepts connections. The port is
+/// picked by binding port 0 and releasing it, so another process may take it first: then the
+/// emulator exits and we try another port.
+async fn start_emulator(bin: &PathBuf) -> (ChildGuard, u16) {
+    for attempt in 1..=3 {
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1"])
+            .args(["-P", &port.to_string()])
+            // It reads the workspace's metadata to know the function binaries.
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let mut guard = ChildGuard::spawn("cargo-lambda", cmd);
+        let started = Instant::now();
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (guard, port);
+            }
+            if let Some(status) = guard.child.try_wait().unwrap() {
+                if attempt == 3 {
+                    panic!("cargo-lambda exited ({status}):\n{}", guard.log());
+                }
+                eprintln!(
+                    "cargo-lambda exited ({status}) on port {port}; retrying:\n{}",
+                    guard.log()
+                );
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                panic!(
+                    "cargo-lambda did not listen on {port} within 20 s:\n{}",
+                    guard.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!()
+}
+
+/// Invokes the function through the emulator's Invoke API and returns its JSON answer.
+/// Fails fast, with the logs, if the function or the emulator dies meanwhile.
+async fn invoke(
+    port: u16,
+    event: &Value,
+    function: &mut ChildGuard,
+    emulator: &mut ChildGuard,
+) -> Value {
+    let request = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
+        ))
+        .json(event)
+        .timeout(Duration::from_secs(20))
+        .send();
+    tokio::pin!(request);
+    let response = loop {
+        tokio::select! {
+            r = &mut request => break r.unwrap_or_else(|e| panic!("invoke failed: {e}")),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                function.assert_running();
+                emulator.assert_running();
+            }
+        }
+    };
+    let status = response.status();
+    let text = response.text().await.expect("invoke body");
+    assert!(status.is_success(), "invoke answered {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer {text:?} is not JSON: {e}"))
+}
+
+/// Receives exactly `n` messages from the queue, as Lambda's event source mapping would.
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    n: usize,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "received {} of {n} messages",
+            got.len()
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages((n - got.len()) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        got.extend(out.messages().iter().cloned());
+    }
+    got
+}
+
+/// The SQS event Lambda delivers for these messages.
+fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> Value {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: Map<String, Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+#[tokio::test]
+async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_failure() {
+    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+        return;
+    };
+    let Some(cargo_lambda) = cargo_lambda() else {
+        datamailer_testkit::unavailable("cargo-lambda", "not found (.venv/bin or PATH)");
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let aws = sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queues = create_queues(&sqs, &unique("dm-lambda")).await;
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queues.url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue arn")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .expect("queue arn");
+
+    // The good record: a real send through the API, enqueued on SQS.
+    let suffix = unique("l");
+    let recipient = format!("grace-{suffix}@example.com");
+    let scope = provision(&db.pool, &format!("support-{suffix}@example.com")).await;
+    let web = start_web(
+        db.pool.clone(),
+        sqs_producer(&sqs, &queues.url),
+        &scope.api_key,
+    )
+    .await;
+    web.put_template("welcome").await;
+    let (status, body) = web.send(&recipient, "welcome", "Grace").await;
+    assert_eq!(status, 202, "send: {body}");
+    let good_id = body["message"]["id"].as_i64().expect("message id");
+
+    // The poison record: not the contract. The transient record: a valid contract for a row
+    // that does not exist (yet), which the handler retries.
+    let poison = r#"{"contract":"transactional-email","version":1,"client_id":1}"#;
+    let transient = json!({
+        "contract": "transactional-email",
+        "version": 1,
+        "transactional_message_id": good_id + 1_000_000,
+        "client_id": scope.client_id,
+        "idempotency_key": "not-yet-committed",
+    })
+    .to_string();
+    for b in [poison, transient.as_str()] {
+        sqs.send_message()
+            .queue_url(&queues.url)
+            .message_body(b)
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+    let messages = receive(&sqs, &queues.url, 3).await;
+    let id_of = |body: &str| -> String {
+        messages
+            .iter()
+            .find(|m| m.body() == Some(body))
+            .and_then(|m| m.message_id())
+            .expect("message for body")
+            .to_string()
+    };
+    let poison_id = id_of(poison);
+    let transient_id = id_of(&transient);
+    let event = sqs_event(&messages, &queue_arn);
+
+    // The emulator, then our bootstrap as the function it runs.
+    let (mut emulator, port) = start_emulator(&cargo_lambda).await;
+    let mut function = Command::new(env!("CARGO_BIN_EXE_datamailer"));
+    function.arg("lambda").env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        function.env("PATH", path);
+    }
+    let runtime_api = format!("http://127.0.0.1:{port}/.rt");
+    function.envs([
+        // What the emulator says a function started outside it must have.
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.as_str()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "_"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "1"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096"),
+        ("DATAMAILER_QUEUE", QUEUE),
+        ("DATABASE_URL", db.url.as_str()),
+        ("DATAMAILER_MAILER", "capture"),
+        ("DATAMAILER_QUEUE_BACKEND", "sqs"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("SQS_TRANSACTIONAL_EMAIL_QUEUE_URL", queues.url.as_str()),
+        ("SQS_TRANSACTIONAL_EMAIL_DLQ_URL", queues.dlq_url.as_str()),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut function = ChildGuard::spawn("datamailer lambda", function);
+
+    let answer = invoke(port, &event, &mut function, &mut emulator).await;
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": [{"itemIdentifier": transient_id}]}),
+        "poison {poison_id}, transient {transient_id}"
+    );
+
+    // The poison record is in the DLQ with its reason, copied there by the function.
+    let letters = sqs::list_dead_letters(&sqs, &queues.dlq_url)
+        .await
+        .expect("list dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].body, poison);
+    assert_eq!(
+        letters[0].reason,
+        "invalid transactional-email message: missing required field 'transactional_message_id'"
+    );
+    let dead = sqs
+        .receive_message()
+        .queue_url(&queues.dlq_url)
+        .message_attribute_names("All")
+        .visibility_timeout(0)
+        .send()
+        .await
+        .expect("ReceiveMessage on the DLQ");
+    let original = dead.messages()[0]
+        .message_attributes()
+        .and_then(|a| a.get("OriginalMessageId"))
+        .and_then(|v| v.string_value());
+    assert_eq!(original, Some(poison_id.as_str()));
+
+    // The good record was sent (capture mailer) and recorded.
+    let row = wait_terminal(&db.pool, good_id, Duration::from_secs(5)).await;
+    assert_eq!(row.status, "sent", "row: {row:?}");
+    let captured = sqlx::query(
+        "SELECT subject, to_addresses FROM captured_messages WHERE provider_message_id = $1",
+    )
+    .bind(&row.ses_message_id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the captured message");
+    assert_eq!(captured.get::<String, _>("subject"), "Hello Grace");
+    assert_eq!(captured.get::<Value, _>("to_addresses"), json!([recipient]));
+
+    // A second invocation in the same (warm) environment redelivers the good record, as SQS
+    // may: the row is already sent, so it is acknowledged without a second send.
+    let good = messages.iter().find(|m| {
+        m.message_id() != Some(poison_id.as_str()) && m.message_id() != Some(transient_id.as_str())
+    });
+    let again = invoke(
+        port,
+        &sqs_event(&[good.unwrap().clone()], &queue_arn),
+        &mut function,
+        &mut emulator,
+    )
+    .await;
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    let copies: i64 = sqlx::query_scalar("SELECT count(*) FROM captured_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(copies, 1, "the redelivered record must not be sent again");
+    assert_eq!(
+        message_row(&db.pool, good_id).await.ses_message_id,
+        row.ses_message_id
+    );
+
+    drop(function);
+    drop(emulator);
+    db.drop_db().await;
+}
