@@ -1,4 +1,4 @@
-.PHONY: serve test build release fmt lint
+.PHONY: serve test build release fmt lint validate-infra lambda-artifact
 
 ## Run the product on the embedded defaults (local Postgres, capture mailer) at 127.0.0.1:8000.
 serve:
@@ -21,3 +21,19 @@ fmt:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## Offline checks of the AWS template and parameter files (no AWS calls), then cfn-lint.
+validate-infra:
+	cargo run -q --bin datamailer -- validate-infra
+	@test -x .venv/bin/cfn-lint || scripts/test-env.sh
+	@test -x .venv/bin/cfn-lint || .venv/bin/pip install --quiet --disable-pip-version-check 'cfn-lint>=1,<2'
+	.venv/bin/cfn-lint infra/cloudformation/datamailer-mvp.json
+
+## The Lambda deployment zip, dist/datamailer-lambda-$(ARCH).zip, checked against AL2023's glibc.
+## ARCH=x86_64 (default) or arm64 (needs `rustup target add aarch64-unknown-linux-gnu`);
+## LAMBDA_PROFILE=release (default) or dev; LAMBDA_COMPILER=zig (default) or cargo (host x86_64).
+ARCH ?= x86_64
+LAMBDA_PROFILE ?= release
+LAMBDA_COMPILER ?= zig
+lambda-artifact:
+	ARCH=$(ARCH) LAMBDA_PROFILE=$(LAMBDA_PROFILE) LAMBDA_COMPILER=$(LAMBDA_COMPILER) scripts/lambda-artifact.sh

@@ -37,6 +37,10 @@ BURNDOWN_MESSAGES="${BURNDOWN_MESSAGES:-50000}"
 # `serve` (web + workers, the embedded deployment) or `worker` (workers only, all connections).
 BURNDOWN_COMMAND="${BURNDOWN_COMMAND:-serve}"
 DRAIN_TIMEOUT_S="${DRAIN_TIMEOUT_S:-900}"
+# Postgres synchronous_commit for the load-test database only (ALTER DATABASE; the cluster's
+# setting is untouched). `on` is the product default; `off` shows the rates without waiting
+# for WAL flushes (see README: the flush rate is this machine's bottleneck).
+SYNC_COMMIT="${SYNC_COMMIT:-on}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 OUT="${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 
@@ -83,10 +87,23 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
 fi
 [[ -x "$BIN" ]] || die "$BIN missing (build first or unset SKIP_BUILD)"
 
+# The checked-out commit, read from .git without running git (the tree may have local edits).
+commit_id() {
+  local head ref
+  head=$(cat "$ROOT/.git/HEAD" 2>/dev/null) || { echo unknown; return; }
+  if [[ "$head" == ref:* ]]; then
+    ref=${head#ref: }
+    cat "$ROOT/.git/$ref" 2>/dev/null | cut -c1-10 ||
+      awk -v r="$ref" '$2 == r {print substr($1, 1, 10)}' "$ROOT/.git/packed-refs" 2>/dev/null || echo unknown
+  else
+    echo "${head:0:10}"
+  fi
+}
+
 # --- machine facts ----------------------------------------------------------------------------
 {
   echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit=$(commit_id)"
   echo "cores=$(nproc)"
   echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "loadavg_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -150,7 +167,7 @@ dm_exec() {
     "${MODE_ENV[@]}" "$@"
 }
 
-SCN_T0=0 SCN_CPU0=0 SCN_BUSY0=0
+SCN_T0=0 SCN_BUSY0=0 SCN_WAL0="0 0"
 start_dm() { # $1 = scenario label, $2 = command (serve|worker)
   local label="$1" cmd="${2:-serve}"
   if curl -fsS "http://127.0.0.1:$HTTP_PORT/health/" >/dev/null 2>&1; then
@@ -169,10 +186,11 @@ start_dm() { # $1 = scenario label, $2 = command (serve|worker)
     curl -fsS "http://127.0.0.1:$HTTP_PORT/health/" >/dev/null || die "datamailer did not answer /health/"
   fi
   SCN_T0=$(date +%s.%N) SCN_BUSY0=$(machine_busy_s)
+  SCN_WAL0=$(pg_admin -c "SELECT wal_sync || ' ' || wal_bytes FROM pg_stat_wal")
 }
 
 stop_dm() { # $1 = scenario label: records RSS, connections, CPU for the process's lifetime
-  local label="$1" t1 wall dm_cpu pg_cpu busy
+  local label="$1" t1 wall dm_cpu pg_cpu busy s0 b0 s1 b1
   t1=$(date +%s.%N)
   wall=$(awk -v a="$SCN_T0" -v b="$t1" 'BEGIN{printf "%.1f", b - a}')
   dm_cpu=$(cpu_s "$DM_PID")
@@ -190,6 +208,11 @@ stop_dm() { # $1 = scenario label: records RSS, connections, CPU for the process
   record "$MODE" "$label" wall_s "$wall"
   record "$MODE" "$label" machine_busy_pct "$busy"
   record "$MODE" "$label" loadavg_1m "$(cut -d' ' -f1 /proc/loadavg)"
+  # WAL flushes per second over the run, for the whole cluster (other databases included).
+  read -r s0 b0 <<<"$SCN_WAL0"
+  read -r s1 b1 <<<"$(pg_admin -c "SELECT wal_sync || ' ' || wal_bytes FROM pg_stat_wal")"
+  record "$MODE" "$label" cluster_wal_syncs_per_s "$(awk -v a="$s0" -v b="$s1" -v w="$wall" 'BEGIN{printf "%.0f", (b - a) / w}')"
+  record "$MODE" "$label" cluster_wal_mib_per_s "$(awk -v a="$b0" -v b="$b1" -v w="$wall" 'BEGIN{printf "%.2f", (b - a) / w / 1048576}')"
   # Where the backends spent their samples (a poor man's pg_stat_statements).
   sort "$OUT/$MODE-$label.activity" | uniq -c | sort -rn | head -15 >"$OUT/$MODE-$label.activity.top" || true
 }
@@ -200,9 +223,9 @@ wait_drained() { # waits until no row is queued or sending; prints seconds waite
   while :; do
     left=$(pg_db -c "SELECT count(*) FROM transactional_messages WHERE status IN ('queued', 'sending')")
     [[ "$left" == 0 ]] && break
-    (( i++ % 20 == 0 )) && log "    backlog: $left"
+    (( i++ % 10 == 0 )) && log "    backlog: $left"
     awk -v a="$t0" -v b="$(date +%s.%N)" -v t="$DRAIN_TIMEOUT_S" 'BEGIN{exit !(b - a > t)}' && die "not drained after ${DRAIN_TIMEOUT_S}s ($left left)"
-    sleep 0.25
+    sleep 0.5
   done
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}'
 }
@@ -249,7 +272,7 @@ scenario_api() {
     # CPU profile of datamailer in the middle of the run (PROFILE=1).
     (sleep 5; perf record -F 499 -g -p "$DM_PID" -o "$OUT/$MODE-api.perf.data" -- sleep 10 >/dev/null 2>&1 &&
       perf report -i "$OUT/$MODE-api.perf.data" --no-children --sort symbol --stdio 2>/dev/null |
-      grep -E '^ +[0-9]' | head -40 >"$OUT/$MODE-api.perf.top") &
+      grep -E "^ +[0-9]" | sed -E "s/ +- +- *$//; s/ +$//" | head -40 >"$OUT/$MODE-api.perf.top") &
   fi
   run_wrk api -c"$API_CONNECTIONS" -d"${API_SECONDS}s"
   record "$MODE" api backlog_at_end "$(pg_db -c "SELECT count(*) FROM transactional_messages WHERE id > $start_id AND status IN ('queued', 'sending')")"
@@ -272,10 +295,10 @@ scenario_e2e() {
   MAX_REQUESTS_PER_THREAD=$per_thread run_wrk e2e -c"$API_CONNECTIONS" -d600s &
   local wrk_job=$! n last=-1 still=0
   while kill -0 "$wrk_job" 2>/dev/null; do
-    sleep 0.1
+    sleep 0.25
     n=$(pg_db -c "SELECT count(*) FROM transactional_messages WHERE id > $start_id")
     if (( n >= per_thread * WRK_THREADS )); then break; fi
-    if (( n == last )); then (( ++still >= 30 )) && break; else still=0; fi
+    if (( n == last )); then (( ++still >= 12 )) && break; else still=0; fi
     last=$n
   done
   kill -INT "$(cat "$OUT/wrk.pid")" 2>/dev/null || true
@@ -363,6 +386,8 @@ for MODE in $MODES; do
   log "[$MODE] fresh database $DB"
   pg_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
   pg_admin -c "CREATE DATABASE $DB"
+  pg_admin -c "ALTER DATABASE $DB SET synchronous_commit = $SYNC_COMMIT"
+  record "$MODE" all synchronous_commit "$SYNC_COMMIT"
   (dm_exec "$BIN" migrate) >"$OUT/$MODE-migrate.log" 2>&1 || die "migrate failed: $(tail -5 "$OUT/$MODE-migrate.log")"
   API_KEY=$(dm_exec "$BIN" provision --org load-org --audience load-aud --client load-client \
     --sender news=news@example.com 2>>"$OUT/$MODE-provision.log" | tail -1)

@@ -21,4 +21,11 @@ export DATAMAILER_TEST_CARGO_LAMBDA="$PWD/.venv/bin/cargo-lambda"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The AWS template: our own offline checks, then cfn-lint.
+cargo run -q --bin datamailer -- validate-infra
+.venv/bin/cfn-lint infra/cloudformation/datamailer-mvp.json
+# The Lambda artifact the emulator test runs (tests/lambda_bootstrap.rs): dev profile on the
+# host toolchain, so it reuses this build; the script still checks glibc <= 2.34 (AL2023).
+LAMBDA_PROFILE=dev LAMBDA_COMPILER=cargo scripts/lambda-artifact.sh
+export DATAMAILER_TEST_LAMBDA_ARTIFACT="$PWD/dist/datamailer-lambda-x86_64.zip"
 cargo test --workspace --no-fail-fast

@@ -22,6 +22,9 @@ pub enum MailerKind {
 pub struct Config {
     /// `DATABASE_URL`; `None` means the local default, whose database we create if missing.
     pub database_url: Option<String>,
+    /// `DATAMAILER_DATABASE_SECRET_ARN`: where the database URL comes from when
+    /// `DATABASE_URL` is unset (see `secrets.rs`).
+    pub database_secret_arn: Option<String>,
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub public_base_url: String,
@@ -145,6 +148,7 @@ impl Config {
         }
         let config = Config {
             database_url: var("DATABASE_URL"),
+            database_secret_arn: var("DATAMAILER_DATABASE_SECRET_ARN"),
             http_addr,
             metrics_addr,
             public_base_url,

@@ -50,6 +50,9 @@ pub async fn web_pool(config: &Config, max_connections: u32) -> anyhow::Result<P
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(std::time::Duration::from_secs(5))
+        // sqlx pings a connection on every acquire by default: a round trip per query. A dead
+        // connection surfaces as a query error instead, and the pool replaces it.
+        .test_before_acquire(false)
         .connect(config.database_url())
         .await
         .context("connecting the web pool")

@@ -1,6 +1,8 @@
 //! `datamailer lambda`: the AWS Lambda bootstrap for one queue (`DATAMAILER_QUEUE`).
 //! Clients, the pool and the limiter are built once per execution environment; each
 //! invocation runs the queue's tree over its batch and answers `batchItemFailures`.
+//! Metrics go to stdout as CloudWatch Embedded Metric Format lines, flushed at the end of
+//! every invocation (namespace `Datamailer`, the metric's labels as dimensions).
 
 use std::time::{Duration, SystemTime};
 
@@ -32,7 +34,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         verify_on_recycle: true,
         ..Default::default()
     };
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| queue.to_string());
+    datamailer_runtime::telemetry::install_emf(&function)?;
     let services = Services::build(&config, pool).await?;
+    let control = services.control.clone();
     let handler = services.handler(queue)?;
     let aws = services::aws_config(&config).await;
     let client = services::sqs_client(&aws);
@@ -53,18 +58,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dlq_url,
     };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let (handler, sqs) = (handler.clone(), sqs.clone());
+        let (handler, sqs, control) = (handler.clone(), sqs.clone(), control.clone());
         async move {
             let time_left = time_budget(event.context.deadline(), SystemTime::now());
             let records = event.payload.records;
-            let failures = datamailer_runtime::lambda::run_invocation(
+            let result = datamailer_runtime::lambda::run_invocation(
                 queue.as_str(),
                 handler,
                 &records,
                 Some(sqs),
+                Some(control),
                 time_left,
             )
-            .await?;
+            .await;
+            // Before answering: Lambda may freeze the process as soon as we return.
+            datamailer_runtime::telemetry::flush_emf();
+            let failures = result?;
             let items: Vec<Value> = failures
                 .into_iter()
                 .map(|id| json!({"itemIdentifier": id}))

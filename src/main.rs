@@ -5,6 +5,7 @@ mod config;
 mod database;
 mod lambda;
 mod ops;
+mod secrets;
 mod services;
 
 use std::process::ExitCode;
@@ -18,8 +19,10 @@ use clap::{Parser, Subcommand};
     about = "Transactional and campaign email through Amazon SES"
 )]
 struct Cli {
+    /// Required, except inside Lambda (`AWS_LAMBDA_RUNTIME_API` set), where the runtime starts
+    /// `bootstrap` with no arguments and no subcommand means `lambda`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +73,48 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Pause a queue: its workers (processes and Lambda) take nothing new until `resume`;
+    /// in-flight work finishes. For rollbacks: `datamailer pause --queue campaign-email`.
+    Pause {
+        /// The queue to pause (campaign-email, transactional-email, ...).
+        #[arg(long, required_unless_present = "list")]
+        queue: Option<String>,
+        /// Why (shown by `pause --list`).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// List the paused queues instead.
+        #[arg(long, conflicts_with = "queue")]
+        list: bool,
+    },
+    /// Resume a paused queue.
+    Resume {
+        #[arg(long)]
+        queue: String,
+    },
+    /// Offline checks of the CloudFormation template and parameter files (no AWS calls).
+    ValidateInfra {
+        #[arg(long, default_value = "infra/cloudformation/datamailer-mvp.json")]
+        template: std::path::PathBuf,
+        #[arg(long, default_value = "infra/config")]
+        config_dir: std::path::PathBuf,
+    },
+    /// Post-deploy checks: PASS/FAIL/HUMAN lines; exit code 1 if any check failed.
+    Smoke {
+        /// The public base URL of the web service.
+        #[arg(long)]
+        base_url: String,
+        /// The CloudFormation stack: its outputs drive the SES and SNS checks.
+        #[arg(long)]
+        stack_name: Option<String>,
+        /// Where to send the round-trip probe (default: the stack's TransactionalEmailQueueUrl).
+        #[arg(long, env = "SQS_TRANSACTIONAL_EMAIL_QUEUE_URL")]
+        transactional_queue_url: Option<String>,
+        #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+        region: String,
+        /// Seconds to wait for the worker to record the probe.
+        #[arg(long, default_value_t = 60)]
+        probe_wait: u64,
+    },
     /// Re-enqueue transactional messages stuck in `queued` or in `sending` past their lease.
     Reenqueue {
         #[arg(long, default_value_t = 5)]
@@ -115,8 +160,50 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Some(c) => c,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
-    let config = match config::Config::from_env() {
+    if let Command::ValidateInfra {
+        template,
+        config_dir,
+    } = &command
+    {
+        return datamailer_deploy::validate::run(template, config_dir);
+    }
+    if let Command::Smoke {
+        base_url,
+        stack_name,
+        transactional_queue_url,
+        region,
+        probe_wait,
+    } = command
+    {
+        // Talks only to HTTP and AWS: no database, no service configuration.
+        let opts = datamailer_deploy::smoke::SmokeOptions {
+            base_url,
+            stack_name,
+            transactional_queue_url,
+            region,
+            endpoint_url: std::env::var("AWS_ENDPOINT_URL")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            probe_wait: std::time::Duration::from_secs(probe_wait),
+        };
+        let checks = datamailer_deploy::smoke::run(&opts, true).await;
+        return if datamailer_deploy::smoke::any_failed(&checks) {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let mut config = match config::Config::from_env() {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -125,7 +212,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command {
+    // DATABASE_URL from Secrets Manager (Lambda workers, hosts) when it is not set directly.
+    if !matches!(command, Command::Serve) {
+        if let Err(e) = secrets::resolve(&mut config).await {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match command {
         Command::Serve => ops::serve(config).await,
         Command::Web => ops::web(config).await,
         Command::Worker { queues } => ops::worker(config, queues).await,
@@ -151,6 +245,13 @@ async fn main() -> ExitCode {
             limit,
             dry_run,
         } => ops::reenqueue(config, older_than_minutes, limit, dry_run).await,
+        Command::Pause { list: true, .. } => ops::paused(config).await,
+        Command::Pause { queue, reason, .. } => {
+            ops::pause(config, queue.unwrap_or_default(), reason).await
+        }
+        Command::Resume { queue } => ops::resume(config, queue).await,
+        Command::Smoke { .. } => unreachable!("handled above"),
+        Command::ValidateInfra { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

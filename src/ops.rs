@@ -93,11 +93,18 @@ async fn run_web(
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_HTTP_ADDR {}", config.http_addr))?;
-    axum::serve(listener, datamailer_web::router(state))
+    // datamailer_health_check_ok and datamailer_campaign_sending_age_seconds for the alarms.
+    let host_metrics = datamailer_web::health::spawn_host_metrics(
+        pool.clone(),
+        datamailer_web::health::HOST_METRICS_EVERY,
+    );
+    let served = axum::serve(listener, datamailer_web::router(state))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .await?;
+        .await;
+    host_metrics.abort();
+    served?;
     pool.close().await;
     Ok(())
 }
@@ -473,5 +480,48 @@ pub async fn reenqueue(
     let bodies = stale.iter().map(|p| p.to_json()).collect();
     enqueue_bodies(&db, &producer, QueueName::TransactionalEmail, bodies).await?;
     println!("re-enqueued {} message(s)", stale.len());
+    Ok(())
+}
+
+/// `datamailer pause --queue Q`: the queue's workers (processes and Lambda) take nothing new
+/// until `datamailer resume --queue Q`; in-flight work finishes.
+pub async fn pause(config: Config, queue: String, reason: String) -> anyhow::Result<()> {
+    let queue: QueueName = queue
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
+    let db = small_db(&config)?;
+    let at = datamailer_runtime::control::pause(&db, queue.as_str(), &reason).await?;
+    println!(
+        "paused {queue} (since {}); workers stop receiving within {} s. Resume with: datamailer resume --queue {queue}",
+        datamailer_core::time::iso(at),
+        (datamailer_runtime::control::PAUSE_CACHE_TTL + datamailer_runtime::control::PAUSE_RECHECK)
+            .as_secs()
+    );
+    Ok(())
+}
+
+pub async fn resume(config: Config, queue: String) -> anyhow::Result<()> {
+    let queue: QueueName = queue
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
+    let db = small_db(&config)?;
+    if datamailer_runtime::control::resume(&db, queue.as_str()).await? {
+        println!("resumed {queue}");
+    } else {
+        println!("{queue} was not paused");
+    }
+    Ok(())
+}
+
+/// `datamailer pause --list`: every paused queue.
+pub async fn paused(config: Config) -> anyhow::Result<()> {
+    let db = small_db(&config)?;
+    let rows = datamailer_runtime::control::paused_queues(&db).await?;
+    for (queue, at, reason) in &rows {
+        println!("{queue}\t{}\t{reason}", datamailer_core::time::iso(*at));
+    }
+    if rows.is_empty() {
+        println!("no queue is paused");
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use datamailer_actors::{TransactionalHandler, TransactionalSettings};
 use datamailer_core::queue::QueueName;
+use datamailer_runtime::control::QueueControl;
 use datamailer_runtime::db::{Db, PoolSettings};
 use datamailer_runtime::mailer::capture::CaptureMailer;
 use datamailer_runtime::mailer::ses::{self, SesMailer};
@@ -27,6 +28,8 @@ pub struct Services {
     pub db: Db,
     pub sender: Sender,
     pub aws: Option<aws_config::SdkConfig>,
+    /// Pauses and probes, shared by every tree of the process.
+    pub control: Arc<QueueControl>,
 }
 
 pub async fn aws_config(config: &Config) -> aws_config::SdkConfig {
@@ -59,6 +62,7 @@ impl Services {
         let sender = Sender::new(mailer, SendLimiter::new(config.ses_max_send_rate));
         Ok(Services {
             config: config.clone(),
+            control: Arc::new(QueueControl::new(db.clone())),
             db,
             sender,
             aws,
@@ -113,6 +117,7 @@ impl Services {
         );
         spec.concurrency = queue.default_concurrency();
         spec.batch_size = 10;
+        spec.control = Some(self.control.clone());
         Ok(spec)
     }
 }

@@ -223,6 +223,47 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> Value
 
 #[tokio::test]
 async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_failure() {
+    bootstrap_end_to_end(PathBuf::from(env!("CARGO_BIN_EXE_datamailer")), &["lambda"]).await;
+}
+
+/// The same flow with the `bootstrap` from the deployment artifact (`make lambda-artifact`):
+/// `DATAMAILER_TEST_LAMBDA_ARTIFACT` names the zip (or an unzipped `bootstrap`). Lambda's
+/// `provided.al2023` runtime starts `bootstrap` with no arguments, and so does this test.
+#[tokio::test]
+async fn the_lambda_artifact_bootstrap_processes_an_sqs_event_end_to_end() {
+    let Some(artifact) = std::env::var_os("DATAMAILER_TEST_LAMBDA_ARTIFACT") else {
+        datamailer_testkit::unavailable(
+            "the Lambda artifact",
+            "DATAMAILER_TEST_LAMBDA_ARTIFACT is not set (scripts/test.sh builds it)",
+        );
+        return;
+    };
+    let artifact = PathBuf::from(artifact);
+    let bootstrap = if artifact.extension().is_some_and(|e| e == "zip") {
+        let dir = std::env::temp_dir().join(unique("dm-artifact"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("unzip")
+            .arg("-q")
+            .arg(&artifact)
+            .arg("-d")
+            .arg(&dir)
+            .status()
+            .expect("unzip");
+        assert!(status.success(), "unzip {}", artifact.display());
+        dir.join("bootstrap")
+    } else {
+        artifact
+    };
+    assert!(
+        bootstrap.exists(),
+        "no bootstrap at {}",
+        bootstrap.display()
+    );
+    bootstrap_end_to_end(bootstrap, &[]).await;
+}
+
+/// Drives `binary args...` as the function under the emulator (see the module doc).
+async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str]) {
     let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
         return;
     };
@@ -296,8 +337,8 @@ async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_fail
 
     // The emulator, then our bootstrap as the function it runs.
     let (mut emulator, port) = start_emulator(&cargo_lambda).await;
-    let mut function = Command::new(env!("CARGO_BIN_EXE_datamailer"));
-    function.arg("lambda").env_clear();
+    let mut function = Command::new(&binary);
+    function.args(args).env_clear();
     if let Ok(path) = std::env::var("PATH") {
         function.env("PATH", path);
     }
@@ -388,6 +429,50 @@ async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_fail
     assert_eq!(
         message_row(&db.pool, good_id).await.ses_message_id,
         row.ses_message_id
+    );
+
+    // Metrics: every invocation flushed CloudWatch EMF lines on stdout before answering.
+    let emf: Vec<Value> = function
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect();
+    let acked = emf
+        .iter()
+        .find(|d| d.get("datamailer_messages_acked_total").is_some())
+        .unwrap_or_else(|| panic!("no EMF line with acks in:\n{}", function.log()));
+    assert_eq!(
+        acked["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "Datamailer"
+    );
+    assert_eq!(acked["queue"], QUEUE);
+    assert!(acked["datamailer_messages_acked_total"].as_u64().unwrap() >= 1);
+    assert!(
+        emf.iter()
+            .any(|d| d.get("datamailer_messages_dead_lettered_total").is_some()),
+        "the poison record's dead-letter is counted"
+    );
+
+    // Paused (`datamailer pause`): the next invocation hands every record back unhandled,
+    // once the function's pause cache (3 s) has expired.
+    sqlx::query("INSERT INTO queue_pauses (queue, reason) VALUES ($1, 'test')")
+        .bind(QUEUE)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let good_id = good.unwrap().message_id().unwrap().to_string();
+    let paused = invoke(
+        port,
+        &sqs_event(&[good.unwrap().clone()], &queue_arn),
+        &mut function,
+        &mut emulator,
+    )
+    .await;
+    assert_eq!(
+        paused,
+        json!({"batchItemFailures": [{"itemIdentifier": good_id}]})
     );
 
     drop(function);

@@ -66,3 +66,8 @@ pub fn tree_failed(queue: &str, why: &str) {
     tracing::error!(queue, why, "queue tree gave up: restart limit reached");
     metrics::counter!("datamailer_tree_failures_total", "queue" => queue.to_string()).increment(1);
 }
+
+pub fn probe_received(queue: &str) {
+    metrics::counter!("datamailer_probes_received_total", "queue" => queue.to_string())
+        .increment(1);
+}

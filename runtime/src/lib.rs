@@ -4,6 +4,7 @@
 //! but nothing about campaigns or contacts: that lives in the handlers of `datamailer-actors`.
 
 pub mod backoff;
+pub mod control;
 pub mod db;
 pub mod events;
 pub mod lambda;

@@ -1,6 +1,6 @@
 //! The queue tree against the real embedded queue (Postgres): acknowledgement, poison and
 //! retry handling, panic isolation, supervision and its restart limit, backpressure,
-//! graceful shutdown and the connection cap.
+//! graceful shutdown, the connection cap, pauses and probes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsMessage;
 use datamailer_runtime::backoff::Backoff;
+use datamailer_runtime::control::{Probe, QueueControl};
 use datamailer_runtime::db::{Db, PoolSettings};
 use datamailer_runtime::producer::PG_ENQUEUE_MANY_SQL;
 use datamailer_runtime::source::postgres::{list_dead_letters, redrive, PostgresQueue};
@@ -554,5 +556,155 @@ async fn the_pool_never_exceeds_its_connection_cap() {
     assert!(max <= 3, "{max} worker connections were open; the cap is 3");
     assert!(max >= 2, "the test never loaded the pool ({max})");
     assert!(db.open_connections() <= 3);
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_paused_queue_receives_nothing_until_resumed() {
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
+    datamailer_runtime::control::pause(&db, Q, "rollback")
+        .await
+        .unwrap();
+    enqueue(&db, (0..5).map(|i| format!("m{i}"))).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let handler = FnHandler(move |_d: Delivery| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            Outcome::Ack
+        }
+    });
+    let mut spec = spec(Arc::new(queue(&db)), Arc::new(handler));
+    spec.control = Some(Arc::new(QueueControl::with_ttl(
+        db.clone(),
+        Duration::from_millis(100),
+    )));
+    spec.pause_recheck = Duration::from_millis(100);
+    let tree = QueueTree::start(spec).await.unwrap();
+
+    // Paused: nothing is received (the messages stay visible and unclaimed).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM queue_messages WHERE receive_count > 0"
+        )
+        .await,
+        0
+    );
+
+    assert!(datamailer_runtime::control::resume(&db, Q).await.unwrap());
+    eventually("all 5 are handled after resume", || async {
+        seen.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(5)).await,
+        TreeExit::Drained
+    );
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn probes_are_recorded_and_acknowledged_never_handled() {
+    let Some((test_db, db)) = setup(4).await else {
+        return;
+    };
+    let probe = Probe {
+        probe_id: "smoke-tree-1".into(),
+        sent_at: Some(chrono::Utc::now()),
+    };
+    enqueue(&db, [probe.to_body(), "real".to_string()]).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let h = handled.clone();
+    let handler = FnHandler(move |d: Delivery| {
+        let h = h.clone();
+        async move {
+            h.lock().unwrap().push(d.body);
+            // Would dead-letter anything it does not know, a probe included.
+            Outcome::Ack
+        }
+    });
+    let mut spec = spec(Arc::new(queue(&db)), Arc::new(handler));
+    spec.control = Some(Arc::new(QueueControl::new(db.clone())));
+    let tree = QueueTree::start(spec).await.unwrap();
+    eventually("the probe is recorded", || async {
+        count(&db, "SELECT count(*) FROM queue_probes WHERE probe_id = 'smoke-tree-1' AND queue = 'test-queue' AND sent_at IS NOT NULL").await == 1
+    })
+    .await;
+    eventually("the queue is empty", || async {
+        count(&db, "SELECT count(*) FROM queue_messages").await == 0
+    })
+    .await;
+    assert_eq!(*handled.lock().unwrap(), vec!["real".to_string()]);
+    assert!(list_dead_letters(&db, Q).await.unwrap().is_empty());
+    assert_eq!(
+        tree.shutdown(Duration::from_secs(5)).await,
+        TreeExit::Drained
+    );
+    test_db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_paused_lambda_invocation_hands_every_record_back() {
+    let Some((test_db, db)) = setup(2).await else {
+        return;
+    };
+    let records: Vec<SqsMessage> = ["1", "2", "3"]
+        .iter()
+        .map(|id| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(id.to_string());
+            m.receipt_handle = Some(format!("rh-{id}"));
+            m.body = Some(format!("body {id}"));
+            m
+        })
+        .collect();
+    let called = Arc::new(AtomicBool::new(false));
+    let c = called.clone();
+    let handler: Arc<dyn Handler> = Arc::new(FnHandler(move |_d: Delivery| {
+        let c = c.clone();
+        async move {
+            c.store(true, Ordering::SeqCst);
+            Outcome::Ack
+        }
+    }));
+    let control = Arc::new(QueueControl::with_ttl(db.clone(), Duration::ZERO));
+    datamailer_runtime::control::pause(&db, Q, "")
+        .await
+        .unwrap();
+    let failures = datamailer_runtime::lambda::run_invocation(
+        Q,
+        handler.clone(),
+        &records,
+        None,
+        Some(control.clone()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failures, vec!["1", "2", "3"]);
+    assert!(
+        !called.load(Ordering::SeqCst),
+        "a paused queue handles nothing"
+    );
+
+    datamailer_runtime::control::resume(&db, Q).await.unwrap();
+    let failures = datamailer_runtime::lambda::run_invocation(
+        Q,
+        handler,
+        &records,
+        None,
+        Some(control),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(called.load(Ordering::SeqCst));
     test_db.drop_db().await;
 }

@@ -10,7 +10,7 @@ use datamailer_runtime::producer::Producer;
 
 pub mod auth;
 pub mod error;
-mod health;
+pub mod health;
 mod http_metrics;
 pub mod json;
 mod messages;
@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
     datamailer_runtime::telemetry::install_prometheus();
     Router::new()
         .route("/health/", get(health::health))
+        .route("/health/probes/{probe_id}", get(health::probe))
         .route("/metrics", get(health::metrics))
         // require_POST in the original: a plain 405 with no body, before auth.
         .route("/api/transactional/send", post(send::send))

@@ -1,11 +1,12 @@
 //! `POST /api/transactional/send`: the transactional send pipeline, web side (facts §3.2).
 //!
-//! The handler validates, reads (template, category audience, idempotent replay and, for a
-//! dry run, the contact: one statement), resolves the sender, checks the required context and
-//! renders, all before anything is written. The write itself goes to the [`SendWriter`], which
-//! persists concurrent sends together in one transaction (contact upsert, delivery decision,
-//! message, event, queue message). A concurrent first send with the same idempotency key loses
-//! the `ON CONFLICT DO NOTHING` and is answered with the winner's message as a replay.
+//! The handler validates, reads once (template, category audience, idempotent replay and the
+//! contact's suppression state and category preference: one statement), resolves the sender,
+//! checks the required context, renders and decides, all before anything is written. The write
+//! goes to the [`crate::send_writer::SendWriter`], which persists concurrent sends together
+//! with one statement (contact upsert, message, event, queue message). A concurrent first send
+//! with the same idempotency key loses the `ON CONFLICT DO NOTHING` and is answered with the
+//! winner's message as a replay.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,9 +35,11 @@ pub const MAX_SUBJECT_CHARS: usize = 998;
 
 const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
 
-/// Template, category audience, replay candidate and (dry run only) the contact, in one read.
-/// $1 client, $2 template key, $3 organization, $4 audience slug (nullable), $5 idempotency key
-/// ('' for none), $6 normalized email (NULL unless dry run), $7 category tag (nullable).
+/// Template, category audience, replay candidate and the contact's suppression state, in one
+/// read. $1 client, $2 template key, $3 organization, $4 audience slug (nullable),
+/// $5 idempotency key ('' for none), $6 normalized email, $7 category tag (nullable).
+/// `m.idempotency_key <> ''` (not `$5 <> ''`) lets the planner use the partial unique index
+/// in a generic plan; otherwise it filters every message of the client.
 const READ_SQL: &str = "\
 SELECT t.id AS template_id, t.key AS template_key, t.subject AS template_subject,
        t.html_body AS template_html, t.text_body AS template_text,
@@ -58,7 +61,7 @@ LEFT JOIN email_templates t
        ON t.client_id = $1 AND t.key = $2 AND t.is_transactional AND t.is_active
 LEFT JOIN audiences a ON a.organization_id = $3 AND a.slug = $4
 LEFT JOIN transactional_messages m
-       ON m.client_id = $1 AND m.idempotency_key = $5 AND $5 <> ''
+       ON m.client_id = $1 AND m.idempotency_key = $5 AND m.idempotency_key <> ''
 LEFT JOIN contacts ct ON ct.normalized_email = $6";
 
 /// The existing message for (client, idempotency key), after losing a concurrent insert.
@@ -67,7 +70,8 @@ SELECT id AS m_id, email AS m_email, from_email_id AS m_from_email_id,
        from_email AS m_from_email, metadata AS m_metadata, status AS m_status,
        template_key AS m_template_key, idempotency_key AS m_idempotency_key,
        created_at AS m_created_at
-FROM transactional_messages WHERE client_id = $1 AND idempotency_key = $2";
+FROM transactional_messages
+WHERE client_id = $1 AND idempotency_key = $2 AND idempotency_key <> ''";
 
 /// What the API says about a message (`message` in the send responses).
 struct MessageView {
@@ -196,7 +200,7 @@ pub async fn send(
         } else {
             key_for_lookup.as_str()
         })
-        .bind(req.dry_run.then_some(req.email.as_str()))
+        .bind(req.email.as_str())
         .bind(req.category_tag.as_deref())
         .fetch_one(&state.db)
         .await?;
@@ -251,19 +255,22 @@ pub async fn send(
         .unwrap_or_else(generate_idempotency_key);
     let metadata = req.message_metadata();
 
-    // 3. Dry run: read-only contact lookup, decision, rendered output; nothing written.
+    // 5.5 Delivery decision from the contact's current state (read above; a contact that does
+    // not exist yet has no suppression). The worker re-checks suppression at send time.
+    let flags = ContactFlags {
+        hard_bounced: row.try_get("hard_bounced")?,
+        complained: row.try_get("complained")?,
+        global_unsubscribed: row.try_get("global_unsubscribed")?,
+    };
+    let category_disabled: bool = row.try_get("category_disabled")?;
+    let category = req.category_tag.as_ref().map(|_| CategoryCheck {
+        has_scope: audience_id.is_some(),
+        category_disabled,
+    });
+    let decision = decide(flags, category);
+
+    // 3. Dry run: the same checks and rendering, nothing written (not even the contact).
     if req.dry_run {
-        let flags = ContactFlags {
-            hard_bounced: row.try_get("hard_bounced")?,
-            complained: row.try_get("complained")?,
-            global_unsubscribed: row.try_get("global_unsubscribed")?,
-        };
-        let category_disabled: bool = row.try_get("category_disabled")?;
-        let category = req.category_tag.as_ref().map(|_| CategoryCheck {
-            has_scope: audience_id.is_some(),
-            category_disabled,
-        });
-        let decision = decide(flags, category);
         let view = MessageView {
             id: None,
             email: req.email.clone(),
@@ -302,14 +309,12 @@ pub async fn send(
         text_body: rendered.text_body,
         context,
         metadata: metadata.clone(),
-        category_tag: req.category_tag.clone(),
-        audience_id,
+        decision,
     };
     let outcome = state.send_writer().write(new_message).await?;
     let WriteOutcome::Inserted {
         message_id,
         created_at,
-        decision,
         enqueued,
     } = outcome
     else {

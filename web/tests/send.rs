@@ -777,3 +777,56 @@ async fn tenants_are_isolated() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     ctx.db.drop_db().await;
 }
+
+/// SQS cannot join the transaction: when the post-commit send fails the answer is still 202
+/// with `enqueued: false`, and the row stays `queued` for the stale-row sweeper (fixes the
+/// original's 500-after-commit).
+#[tokio::test]
+async fn failed_post_commit_enqueue_still_answers_202() {
+    let Some(ctx) = setup().await else { return };
+    ctx.welcome_template().await;
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:1")
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "x", "y", None, None, "test",
+        ))
+        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+        .build();
+    let urls = [(
+        "transactional-email".to_string(),
+        "http://127.0.0.1:1/000000000000/transactional-email".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    let producer = datamailer_runtime::producer::Producer::Sqs(
+        datamailer_runtime::producer::SqsProducer::new(
+            aws_sdk_sqs::Client::from_conf(config),
+            urls,
+        ),
+    );
+    let app = datamailer_web::router(datamailer_web::AppState::new(
+        ctx.pool().clone(),
+        producer,
+        datamailer_web::WebConfig {
+            public_base_url: "http://localhost".into(),
+        },
+    ));
+    let ctx = Ctx { app, ..ctx };
+    let (status, resp) = ctx.send(send_body("ada@example.com")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(resp["enqueued"], false);
+    assert_eq!(resp["message"]["status"], "queued");
+    let status: String = sqlx::query_scalar("SELECT status FROM transactional_messages")
+        .fetch_one(ctx.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "queued");
+    assert_eq!(
+        ctx.count("queue_messages").await,
+        0,
+        "SQS mode writes no embedded queue rows"
+    );
+    ctx.db.drop_db().await;
+}

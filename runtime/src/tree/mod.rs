@@ -14,6 +14,8 @@
 //!   last receive) and settles them with the source.
 //! * A crashed poller or worker is restarted; more than `max_restarts` within `within` and the
 //!   tree fails loudly ([`TreeExit::Failed`]), like an OTP supervisor's restart intensity.
+//! * A paused queue ([`crate::control`]) receives nothing until resumed; probe messages are
+//!   recorded and acknowledged by the worker before the handler sees the batch.
 //! * Shutdown stops the receiving, lets in-flight batches finish and settle, then stops.
 //!   Messages received after shutdown began are handed back at once.
 //!
@@ -32,6 +34,7 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::control::QueueControl;
 use crate::source::{Delivery, Outcome, Source};
 
 pub use supervisor::SupervisorMsg;
@@ -74,6 +77,11 @@ pub struct TreeSpec {
     /// A retry on this receive (or later) dead-letters instead, keeping the reason.
     pub max_receives: u32,
     pub restart: RestartPolicy,
+    /// Pauses and probes (see [`crate::control`]). Without it the tree never pauses and
+    /// acknowledges probes without recording them.
+    pub control: Option<Arc<QueueControl>>,
+    /// How long a paused poller waits before checking again.
+    pub pause_recheck: Duration,
 }
 
 impl TreeSpec {
@@ -91,6 +99,8 @@ impl TreeSpec {
             backoff: Backoff::default(),
             max_receives: 5,
             restart: RestartPolicy::default(),
+            control: None,
+            pause_recheck: crate::control::PAUSE_RECHECK,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct State {
     /// mailbox is not read while we wait on the source).
     stopping: watch::Receiver<bool>,
     failures: u32,
+    /// The pause state last seen, to log transitions once.
+    paused: bool,
 }
 
 impl Actor for Poller {
@@ -53,6 +55,7 @@ impl Actor for Poller {
             supervisor,
             stopping,
             failures: 0,
+            paused: false,
         })
     }
 
@@ -64,6 +67,23 @@ impl Actor for Poller {
     ) -> Result<(), ActorProcessingErr> {
         let PollerMsg::Poll { max } = message;
         let mut stopping = state.stopping.clone();
+        if let Some(control) = &state.spec.control {
+            let paused = control.is_paused(&state.spec.queue).await;
+            if paused != state.paused {
+                state.paused = paused;
+                if paused {
+                    tracing::warn!(queue = %state.spec.queue, "queue paused: receiving nothing until `datamailer resume`");
+                } else {
+                    tracing::info!(queue = %state.spec.queue, "queue resumed");
+                }
+            }
+            if paused {
+                // Receive nothing; the empty answer makes the supervisor poll again.
+                pause(&mut stopping, state.spec.pause_recheck).await;
+                state.supervisor.cast(SupervisorMsg::Received(Vec::new()))?;
+                return Ok(());
+            }
+        }
         // Not raced against shutdown: a receive cut short could leave its messages invisible
         // until their timeout. Only the pauses between receives are interruptible.
         let reply = match state.spec.source.receive(max).await {

@@ -1,7 +1,7 @@
 //! A handler worker: runs the queue's handler over one batch at a time, then settles it.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -9,6 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::supervisor::SupervisorMsg;
 use super::{Handler, TreeSpec};
+use crate::control::Probe;
 use crate::events;
 use crate::source::{Delivery, Outcome, Settlement};
 
@@ -54,7 +55,8 @@ impl Actor for Worker {
     }
 }
 
-/// Handles and settles one batch.
+/// Handles and settles one batch. Probes ([`crate::control::Probe`]) are taken out first:
+/// recorded and acknowledged, never given to the handler.
 pub(super) async fn run_batch(spec: &TreeSpec, batch: Vec<Delivery>) -> anyhow::Result<()> {
     let queue = spec.queue.as_str();
     let n = batch.len() as f64;
@@ -84,22 +86,53 @@ pub(super) async fn run_batch(spec: &TreeSpec, batch: Vec<Delivery>) -> anyhow::
             }
         })
     };
-    let outcomes = handle_isolated(spec.handler.as_ref(), &batch).await;
-    heartbeat.abort();
-    events::handled(queue, started.elapsed().as_secs_f64());
-
-    let settled: Vec<(Delivery, Settlement)> = batch
-        .into_iter()
-        .zip(outcomes)
-        .map(|(d, outcome)| {
+    let mut settled: Vec<(Delivery, Settlement)> = Vec::new();
+    let mut work = Vec::with_capacity(batch.len());
+    for d in batch {
+        match Probe::parse(&d.body) {
+            Some(probe) => {
+                let s = probe_settlement(spec, &d, &probe).await;
+                events::settled(queue, &d.id, &s);
+                settled.push((d, s));
+            }
+            None => work.push(d),
+        }
+    }
+    if !work.is_empty() {
+        let outcomes = handle_isolated(spec.handler.as_ref(), &work).await;
+        events::handled(queue, started.elapsed().as_secs_f64());
+        settled.extend(work.into_iter().zip(outcomes).map(|(d, outcome)| {
             let s = settlement(spec, &d, outcome);
             events::settled(queue, &d.id, &s);
             (d, s)
-        })
-        .collect();
+        }));
+    }
+    heartbeat.abort();
     let result = spec.source.settle(settled).await;
     events::in_flight(queue, -n);
     result
+}
+
+/// A probe is acknowledged once recorded; if recording fails it is retried, never
+/// dead-lettered (a probe is nobody's poison).
+async fn probe_settlement(spec: &TreeSpec, d: &Delivery, probe: &Probe) -> Settlement {
+    let queue = spec.queue.as_str();
+    let Some(control) = &spec.control else {
+        tracing::info!(queue, probe_id = %probe.probe_id, "probe acknowledged (no control database to record it in)");
+        events::probe_received(queue);
+        return Settlement::Ack;
+    };
+    match control.record_probe(queue, probe).await {
+        Ok(()) => {
+            tracing::info!(queue, probe_id = %probe.probe_id, id = %d.id, "probe recorded and acknowledged");
+            events::probe_received(queue);
+            Settlement::Ack
+        }
+        Err(e) => Settlement::Retry {
+            delay: Duration::from_secs(5),
+            reason: format!("recording probe {}: {e:#}", probe.probe_id),
+        },
+    }
 }
 
 /// Turns a handler's outcome into what the source should do, with retry timing.
