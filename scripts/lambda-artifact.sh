@@ -53,7 +53,7 @@ else
   fi
   # The .2.34 suffix makes zig link against glibc 2.34 (AL2023), whatever the host has.
   "$CARGO_LAMBDA" lambda build "${profile_args[@]}" --bin datamailer \
-    --target "$triple.$MAX_GLIBC" --compiler cargo-zigbuild \
+    --target "$triple.$MAX_GLIBC" \
     --output-format binary --lambda-dir dist/lambda/build
   binary="dist/lambda/build/datamailer/bootstrap"
 fi

@@ -18,8 +18,10 @@ pub async fn ensure_database(config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") && config.database_url.is_none() => {
-            let (server, name) = url.rsplit_once('/').expect("url has a database");
-            let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            let (base, params) = url.split_once('?').unwrap_or((url, ""));
+            let (server, name) = base.rsplit_once('/').expect("url has a database");
+            let params = if params.is_empty() { String::new() } else { format!("?{params}") };
+            let mut admin = PgConnection::connect(&format!("{server}/postgres{params}"))
                 .await
                 .context("connecting to the local Postgres to create the datamailer database")?;
             admin.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await?;

@@ -25,9 +25,23 @@ struct DbSecret {
     dbname: String,
 }
 
-/// `postgres://user:password@host:port/dbname` from the secret's JSON, with the user, the
+/// How URLs built from the secret use TLS: `sslmode` (default `require`, since RDS forces TLS)
+/// and, for `verify-full`, the CA file (the RDS CA bundle) that `sslrootcert` names.
+pub const SSLMODE_ENV: &str = "DATAMAILER_DATABASE_SSLMODE";
+pub const SSLROOTCERT_ENV: &str = "DATAMAILER_DATABASE_SSLROOTCERT";
+
+/// The URL query for [`SSLMODE_ENV`] and [`SSLROOTCERT_ENV`].
+pub fn tls_query(sslmode: Option<&str>, sslrootcert: Option<&str>) -> String {
+    let mut query = format!("?sslmode={}", encode(sslmode.unwrap_or("require")));
+    if let Some(path) = sslrootcert {
+        query.push_str(&format!("&sslrootcert={}", encode(path)));
+    }
+    query
+}
+
+/// `postgres://user:password@host:port/dbname?<tls>` from the secret's JSON, with the user, the
 /// password and the database name percent-encoded; `host` replaces the secret's host.
-pub fn database_url(secret_json: &str, host: Option<&str>) -> anyhow::Result<String> {
+pub fn database_url(secret_json: &str, host: Option<&str>, tls: &str) -> anyhow::Result<String> {
     let s: DbSecret = serde_json::from_str(secret_json).context(
         "the database secret must be JSON with username, password, host, port and dbname",
     )?;
@@ -46,7 +60,7 @@ pub fn database_url(secret_json: &str, host: Option<&str>) -> anyhow::Result<Str
     let host = host.unwrap_or(&s.host).trim();
     anyhow::ensure!(!host.is_empty(), "the database secret has an empty host");
     Ok(format!(
-        "postgres://{}:{}@{}:{}/{}",
+        "postgres://{}:{}@{}:{}/{}{tls}",
         encode(&s.username),
         encode(&s.password),
         host,
@@ -73,6 +87,7 @@ pub async fn fetch_database_url(
     aws: &aws_config::SdkConfig,
     arn: &str,
     host: Option<&str>,
+    tls: &str,
 ) -> anyhow::Result<String> {
     let client = aws_sdk_secretsmanager::Client::new(aws);
     let out = client
@@ -84,7 +99,7 @@ pub async fn fetch_database_url(
     let json = out
         .secret_string()
         .with_context(|| format!("the database secret {arn} has no SecretString"))?;
-    database_url(json, host).with_context(|| format!("the database secret {arn}"))
+    database_url(json, host, tls).with_context(|| format!("the database secret {arn}"))
 }
 
 /// Overrides the secret's `host` (e.g. the RDS Proxy endpoint; the secret names the instance).
@@ -101,10 +116,10 @@ pub async fn resolve(config: &mut Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let aws = services::aws_config(config).await;
-    let host = std::env::var(HOST_ENV)
-        .ok()
-        .filter(|h| !h.trim().is_empty());
-    config.database_url = Some(fetch_database_url(&aws, &arn, host.as_deref()).await?);
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let host = env(HOST_ENV);
+    let tls = tls_query(env(SSLMODE_ENV).as_deref(), env(SSLROOTCERT_ENV).as_deref());
+    config.database_url = Some(fetch_database_url(&aws, &arn, host.as_deref(), &tls).await?);
     tracing::info!(secret = %arn, "database credentials read from Secrets Manager");
     Ok(())
 }
@@ -118,6 +133,7 @@ mod tests {
         let url = database_url(
             r#"{"username":"datamailer_worker","password":"p@ss:w/rd%?#&= é","host":"db.example.internal","port":5432,"dbname":"datamailer","engine":"postgres"}"#,
             None,
+            "",
         )
         .unwrap();
         assert_eq!(
@@ -137,21 +153,55 @@ mod tests {
             database_url(
                 &format!(r#"{{"username":"u","password":"p","host":"h"{port},"dbname":"d"}}"#),
                 None,
+                "",
             )
         };
         assert_eq!(s(r#","port":"6543""#).unwrap(), "postgres://u:p@h:6543/d");
         assert_eq!(s("").unwrap(), "postgres://u:p@h:5432/d");
         assert!(s(r#","port":"x""#).is_err());
         assert!(s(r#","port":70000"#).is_err());
-        assert!(database_url(r#"{"username":"u"}"#, None).is_err());
+        assert!(database_url(r#"{"username":"u"}"#, None, "").is_err());
         // The proxy endpoint replaces the instance host.
         assert_eq!(
             database_url(
                 r#"{"username":"u","password":"p","host":"instance","port":5432,"dbname":"d"}"#,
-                Some("proxy.internal")
+                Some("proxy.internal"),
+                ""
             )
             .unwrap(),
             "postgres://u:p@proxy.internal:5432/d"
         );
+    }
+
+    #[test]
+    fn urls_from_the_secret_use_tls() {
+        assert_eq!(tls_query(None, None), "?sslmode=require");
+        let tls = tls_query(Some("verify-full"), Some("/var/task/rds ca.pem"));
+        assert_eq!(
+            tls,
+            "?sslmode=verify-full&sslrootcert=%2Fvar%2Ftask%2Frds%20ca.pem"
+        );
+        let url = database_url(
+            r#"{"username":"u","password":"p","host":"h","dbname":"d"}"#,
+            None,
+            &tls,
+        )
+        .unwrap();
+        // The worker pool reads both parameters back (an absent CA file is named).
+        let err = datamailer_runtime::pg_tls::parse(&url).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("sslrootcert /var/task/rds ca.pem"),
+            "{err:#}"
+        );
+        let ok = datamailer_runtime::pg_tls::parse(
+            &database_url(
+                r#"{"username":"u","password":"p","host":"h","dbname":"d"}"#,
+                None,
+                &tls_query(None, None),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ok.mode, datamailer_runtime::pg_tls::Mode::Require);
     }
 }

@@ -116,7 +116,6 @@ impl Services {
             self.handler(queue)?,
         );
         spec.concurrency = queue.default_concurrency();
-        spec.batch_size = 10;
         spec.control = Some(self.control.clone());
         Ok(spec)
     }

@@ -13,7 +13,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
 
 /// Runs the binary with DATABASE_URL unset: the database comes from the secret.
 fn run(args: &[&str], endpoint: &str, secret_arn: &str) -> Output {
+    run_with(args, endpoint, secret_arn, &[])
+}
+
+fn run_with(args: &[&str], endpoint: &str, secret_arn: &str, env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
+        .envs(env.iter().copied())
         .args(args)
         .env_remove("DATABASE_URL")
         .env("DATAMAILER_DATABASE_SECRET_ARN", secret_arn)
@@ -125,5 +130,22 @@ async fn the_database_secret_drives_pause_and_resume() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+
+    // URLs from the secret use TLS (`require` above, against the local server's self-signed
+    // certificate); verify-full without the CA that signed it is refused, by both pools.
+    for args in [&["migrate"][..], &["pause", "--list"][..]] {
+        let unverified = run_with(
+            args,
+            &endpoint,
+            &arn,
+            &[("DATAMAILER_DATABASE_SSLMODE", "verify-full")],
+        );
+        let stderr = String::from_utf8_lossy(&unverified.stderr);
+        assert!(!unverified.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.to_lowercase().contains("certificate"),
+            "{args:?}: {stderr}"
+        );
+    }
     db.drop_db().await;
 }

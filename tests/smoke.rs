@@ -174,6 +174,7 @@ async fn smoke_checks_a_served_stack_on_moto() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("datamailer smoke said:\n{stdout}");
     let got = lines(&stdout);
     let has = |status: &str, check: &str| got.contains_key(&(status.into(), check.into()));
     for check in [
@@ -186,6 +187,10 @@ async fn smoke_checks_a_served_stack_on_moto() {
     }
     // Where moto falls short (see the module doc), smoke says so, naming the API.
     assert!(has("FAIL", "SES account"), "{stdout}");
+    assert!(
+        got[&("FAIL".into(), "SES account".into())].contains("GetAccount: HTTP 404"),
+        "{stdout}"
+    );
     assert!(has("FAIL", "SES event destination"), "{stdout}");
     assert!(has("FAIL", "SES identity"), "{stdout}");
     assert!(has("FAIL", "SES DKIM"), "{stdout}");

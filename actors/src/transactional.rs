@@ -224,8 +224,12 @@ impl TransactionalHandler {
             .get()
             .await
             .context("getting a database connection")?;
+        let claim = conn
+            .prepare_cached(CLAIM_SQL)
+            .await
+            .context("preparing the claim")?;
         let rows: Vec<Row> = conn
-            .query(CLAIM_SQL, &params(&[&ids, &clients, &keys, &lease]))
+            .query(&claim, &params(&[&ids, &clients, &keys, &lease]))
             .await
             .context("claiming transactional messages")?
             .iter()
@@ -432,8 +436,9 @@ impl TransactionalHandler {
             }
             let result = async {
                 let conn = self.db.get().await?;
+                let record = conn.prepare_cached(RECORD_SQL).await?;
                 conn.execute(
-                    RECORD_SQL,
+                    &record,
                     &params(&[
                         &ids,
                         &statuses,

@@ -35,8 +35,43 @@ pub mod outputs {
     pub const SES_CONFIGURATION_SET: &str = "SesConfigurationSetName";
     /// The SNS topic the configuration set publishes events to.
     pub const SES_EVENTS_TOPIC_ARN: &str = "SesEventsTopicArn";
-    /// The ses-webhooks queue subscribed to that topic.
+    /// The ses-webhooks queue subscribed to that topic (else derived from its URL).
     pub const SES_WEBHOOKS_QUEUE_ARN: &str = "SesWebhooksQueueArn";
+    pub const SES_WEBHOOKS_QUEUE_URL: &str = "SesWebhooksQueueUrl";
+    /// The fallback for [`SES_IDENTITY`]: this address's domain.
+    pub const DEFAULT_FROM_EMAIL: &str = "DefaultFromEmail";
+}
+
+/// `arn:aws:sqs:<region>:<account>:<name>` from `https://sqs.<region>.amazonaws.com/<account>/<name>`.
+pub fn queue_arn_from_url(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let mut parts = rest.split('/');
+    let host = parts.next()?;
+    let (account, name) = (parts.next()?, parts.next()?);
+    let region = host.strip_prefix("sqs.")?.split('.').next()?;
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    (!account.is_empty() && !name.is_empty())
+        .then(|| format!("arn:{partition}:sqs:{region}:{account}:{name}"))
+}
+
+/// The SES identity to check: the `SesIdentity` output, else the domain of `DefaultFromEmail`
+/// (which may be `Name <addr@domain>`).
+fn identity_from(outs: &HashMap<String, String>) -> Option<String> {
+    if let Some(i) = outs.get(outputs::SES_IDENTITY) {
+        return Some(i.clone());
+    }
+    let from = outs.get(outputs::DEFAULT_FROM_EMAIL)?;
+    let addr = from
+        .rsplit_once('<')
+        .map(|(_, a)| a.trim_end_matches('>'))
+        .unwrap_or(from);
+    addr.rsplit_once('@').map(|(_, d)| d.trim().to_string())
 }
 
 /// The SES event types whose destination the webhooks pipeline needs.
@@ -189,12 +224,16 @@ pub async fn run(opts: &SmokeOptions, print: bool) -> Vec<Check> {
     if let (Some(_), Some(aws)) = (&opts.stack_name, &aws) {
         let ses = aws_sdk_sesv2::Client::new(aws);
         ses_account(&mut r, &ses).await;
-        match outs.get(outputs::SES_IDENTITY) {
-            Some(identity) => ses_identity(&mut r, &ses, identity).await,
+        match identity_from(&outs) {
+            Some(identity) => ses_identity(&mut r, &ses, &identity).await,
             None => r.add(
                 Status::Fail,
                 "SES identity",
-                format!("the stack has no {} output", outputs::SES_IDENTITY),
+                format!(
+                    "the stack has neither a {} nor a {} output",
+                    outputs::SES_IDENTITY,
+                    outputs::DEFAULT_FROM_EMAIL
+                ),
             ),
         }
         match outs.get(outputs::SES_CONFIGURATION_SET) {
@@ -213,22 +252,27 @@ pub async fn run(opts: &SmokeOptions, print: bool) -> Vec<Check> {
                 format!("the stack has no {} output", outputs::SES_CONFIGURATION_SET),
             ),
         }
-        match (
-            outs.get(outputs::SES_EVENTS_TOPIC_ARN),
-            outs.get(outputs::SES_WEBHOOKS_QUEUE_ARN),
-        ) {
+        let webhooks_arn = outs
+            .get(outputs::SES_WEBHOOKS_QUEUE_ARN)
+            .cloned()
+            .or_else(|| {
+                outs.get(outputs::SES_WEBHOOKS_QUEUE_URL)
+                    .and_then(|u| queue_arn_from_url(u))
+            });
+        match (outs.get(outputs::SES_EVENTS_TOPIC_ARN), webhooks_arn) {
             (Some(topic), Some(queue)) => {
                 let sns = aws_sdk_sns::Client::new(aws);
-                let (status, detail) = sns_subscription(&sns, topic, queue).await;
+                let (status, detail) = sns_subscription(&sns, topic, &queue).await;
                 r.add(status, "SNS subscription", detail);
             }
             _ => r.add(
                 Status::Fail,
                 "SNS subscription",
                 format!(
-                    "the stack needs the outputs {} and {}",
+                    "the stack needs the outputs {} and {} (or {})",
                     outputs::SES_EVENTS_TOPIC_ARN,
-                    outputs::SES_WEBHOOKS_QUEUE_ARN
+                    outputs::SES_WEBHOOKS_QUEUE_ARN,
+                    outputs::SES_WEBHOOKS_QUEUE_URL
                 ),
             ),
         }
@@ -298,10 +342,7 @@ async fn round_trip(
     {
         return (
             Status::Fail,
-            format!(
-                "SendMessage to {queue_url}: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(e)
-            ),
+            format!("SendMessage to {queue_url}: {}", aws_error(&e)),
         );
     }
     let started = Instant::now();
@@ -385,10 +426,7 @@ async fn ses_account(r: &mut Report, ses: &aws_sdk_sesv2::Client) {
         Err(e) => r.add(
             Status::Fail,
             "SES account",
-            format!(
-                "GetAccount: {}",
-                aws_sdk_sesv2::error::DisplayErrorContext(e)
-            ),
+            format!("GetAccount: {}", aws_error(&e)),
         ),
     }
 }
@@ -441,10 +479,7 @@ async fn ses_identity(r: &mut Report, ses: &aws_sdk_sesv2::Client, identity: &st
         Err(e) => r.add(
             Status::Fail,
             "SES identity",
-            format!(
-                "GetEmailIdentity {identity}: {}",
-                aws_sdk_sesv2::error::DisplayErrorContext(e)
-            ),
+            format!("GetEmailIdentity {identity}: {}", aws_error(&e)),
         ),
     }
 }
@@ -468,7 +503,7 @@ async fn ses_event_destination(
                 "SES event destination",
                 format!(
                     "GetConfigurationSetEventDestinations {set}: {}",
-                    aws_sdk_sesv2::error::DisplayErrorContext(e)
+                    aws_error(&e)
                 ),
             )
         }
@@ -543,10 +578,7 @@ async fn sns_subscription(
             Err(e) => {
                 return (
                     Status::Fail,
-                    format!(
-                        "ListSubscriptionsByTopic {topic}: {}",
-                        aws_sdk_sns::error::DisplayErrorContext(e)
-                    ),
+                    format!("ListSubscriptionsByTopic {topic}: {}", aws_error(&e)),
                 )
             }
         };
@@ -572,6 +604,24 @@ async fn sns_subscription(
         Status::Fail,
         format!("{topic} has no SQS subscription to {queue_arn}"),
     )
+}
+
+/// A short account of an AWS call's failure: the service's code and message, or the HTTP status
+/// (a 404 without a code means the endpoint lacks the API), or the whole error chain.
+fn aws_error<E>(
+    e: &aws_sdk_sesv2::error::SdkError<E, aws_sdk_sesv2::config::http::HttpResponse>,
+) -> String
+where
+    E: aws_sdk_sesv2::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_sesv2::error::ProvideErrorMetadata;
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match (e.code(), status) {
+        (Some(code), _) => format!("{code}: {}", e.message().unwrap_or_default()),
+        (None, Some(404)) => "HTTP 404 (the endpoint does not implement this API)".into(),
+        (None, Some(s)) => format!("HTTP {s}: {}", aws_sdk_sesv2::error::DisplayErrorContext(e)),
+        (None, None) => aws_sdk_sesv2::error::DisplayErrorContext(e).to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +666,24 @@ mod tests {
         assert_eq!(s, Status::Fail);
         assert_eq!(d, "cs: destination p lacks COMPLAINT, DELIVERY");
         assert_eq!(event_destination_verdict(&[], "cs", None).0, Status::Fail);
+    }
+
+    #[test]
+    fn outputs_fallbacks() {
+        assert_eq!(
+            queue_arn_from_url(
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/dm-staging-ses-webhooks"
+            )
+            .as_deref(),
+            Some("arn:aws:sqs:eu-west-1:123456789012:dm-staging-ses-webhooks")
+        );
+        assert_eq!(queue_arn_from_url("http://127.0.0.1:5000/1/q"), None);
+        let outs: HashMap<String, String> = [(
+            "DefaultFromEmail".to_string(),
+            "News <news@mail.example.com>".to_string(),
+        )]
+        .into();
+        assert_eq!(identity_from(&outs).as_deref(), Some("mail.example.com"));
     }
 
     #[test]

@@ -51,9 +51,18 @@ output() { # output NAME -> the stack output's value (fails if missing)
   printf '%s' "$v"
 }
 secret() { aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text; }
-pg_url() { # pg_url SECRET_JSON -> postgres://user:pass@host:port/db (password URL-encoded)
-  jq -r --arg host "$db_host" --arg port "$db_port" --arg db "$db_name" \
-    '"postgres://\(.username | @uri):\(.password | @uri)@\($host):\($port)/\($db)"' <<<"$1"
+# TLS to RDS: verify the server against the RDS CA bundle when the image holds it (see
+# image-recipe.md), else encrypt without verifying (RDS forces TLS either way).
+RDS_CA_BUNDLE=${RDS_CA_BUNDLE:-/etc/datamailer/rds-ca.pem}
+if [ -r "$RDS_CA_BUNDLE" ]; then
+  pg_tls="sslmode=verify-full&sslrootcert=$RDS_CA_BUNDLE"
+else
+  pg_tls="sslmode=require"
+fi
+
+pg_url() { # pg_url SECRET_JSON -> postgres://user:pass@host:port/db?<tls> (password URL-encoded)
+  jq -r --arg host "$db_host" --arg port "$db_port" --arg db "$db_name" --arg tls "$pg_tls" \
+    '"postgres://\(.username | @uri):\(.password | @uri)@\($host):\($port)/\($db)?\($tls)"' <<<"$1"
 }
 
 load_stack() {
@@ -119,7 +128,7 @@ ensure_roles() {
   master_user=$(jq -r .username <<<"$master_secret")
   app_pw=$(jq -r .password <<<"$app_secret")
   worker_pw=$(jq -r .password <<<"$worker_secret")
-  PGPASSWORD=$(jq -r .password <<<"$master_secret") psql "host=$db_host port=$db_port dbname=$db_name user=$master_user" \
+  PGPASSWORD=$(jq -r .password <<<"$master_secret") psql "host=$db_host port=$db_port dbname=$db_name user=$master_user ${pg_tls//&/ }" \
     -v ON_ERROR_STOP=1 -q -X \
     -v app_pw="$app_pw" -v worker_pw="$worker_pw" -v db="$db_name" -v owner="$master_user" \
     -v app_limit="$APP_CONNECTION_LIMIT" -v worker_limit="$WORKER_CONNECTION_LIMIT" <<'SQL'

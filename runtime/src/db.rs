@@ -9,7 +9,8 @@ use anyhow::Context;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::NoTls;
+
+use crate::pg_tls;
 
 /// How the pool is sized and checked.
 #[derive(Debug, Clone)]
@@ -40,8 +41,11 @@ pub struct Db {
 
 impl Db {
     pub fn connect(database_url: &str, settings: &PoolSettings) -> anyhow::Result<Db> {
-        let mut pg: tokio_postgres::Config =
-            database_url.parse().context("invalid DATABASE_URL")?;
+        let pg_tls::Connect {
+            config: mut pg,
+            tls,
+            ..
+        } = pg_tls::parse(database_url)?;
         if pg.get_application_name().is_none() {
             // Lets operators (and the connection-cap test) tell worker connections apart.
             pg.application_name("datamailer-worker");
@@ -51,7 +55,7 @@ impl Db {
         } else {
             RecyclingMethod::Fast
         };
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method });
+        let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method });
         let pool = Pool::builder(manager)
             .max_size(settings.max_connections.max(1))
             .timeouts(Timeouts {

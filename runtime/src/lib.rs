@@ -9,6 +9,7 @@ pub mod db;
 pub mod events;
 pub mod lambda;
 pub mod mailer;
+pub mod pg_tls;
 pub mod producer;
 pub mod source;
 pub mod telemetry;

@@ -26,6 +26,16 @@ fn new_message_id() -> String {
     format!("capture-{n:032x}")
 }
 
+/// A batch is one statement: the messages ride in one JSON array.
+const INSERT_SQL: &str = "
+INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
+    bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
+SELECT r.provider_message_id, r.from_email, r.to_addresses, r.cc_addresses, r.bcc_addresses,
+    r.reply_to, r.subject, r.text_body, r.html_body, r.headers, r.tags, r.configuration_set, r.raw_mime
+FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
+    to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
+    text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text, raw_mime text)";
+
 #[async_trait]
 impl Mailer for CaptureMailer {
     fn kind(&self) -> &'static str {
@@ -83,17 +93,9 @@ impl Mailer for CaptureMailer {
             .collect();
         let result = async {
             let conn = self.db.get().await?;
-            conn.execute(
-                "INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
-                     bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
-                 SELECT r.provider_message_id, r.from_email, r.to_addresses, r.cc_addresses, r.bcc_addresses,
-                        r.reply_to, r.subject, r.text_body, r.html_body, r.headers, r.tags, r.configuration_set, r.raw_mime
-                 FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
-                     to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
-                     text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text, raw_mime text)",
-                &[&serde_json::Value::Array(rows)],
-            )
-            .await?;
+            let insert = conn.prepare_cached(INSERT_SQL).await?;
+            conn.execute(&insert, &[&serde_json::Value::Array(rows)])
+                .await?;
             anyhow::Ok(())
         }
         .await;

@@ -137,6 +137,9 @@ pub struct Sender {
     throttle_retries: u32,
 }
 
+/// SES calls one batch keeps in flight (the embedded queue's batches hold up to 50).
+pub const SENDS_IN_FLIGHT: usize = 50;
+
 impl Sender {
     pub fn new(mailer: Arc<dyn Mailer>, limiter: SendLimiter) -> Self {
         Self {
@@ -150,7 +153,8 @@ impl Sender {
         self.mailer.kind()
     }
 
-    /// Sends each message, in order of results, with the lane's priority on the limiter.
+    /// Sends a batch: in one call when the mailer takes batches (capture), else one SES call
+    /// per message, concurrently, each through the limiter. Results are in `emails` order.
     pub async fn send_batch(
         &self,
         lane: Lane,
@@ -168,11 +172,20 @@ impl Sender {
             }
             return results;
         }
+        // At most SENDS_IN_FLIGHT calls per batch, a new one starting as each finishes; the
+        // limiter paces them all, so this only bounds sockets and memory. (A plain loop: a
+        // closure-mapped stream here makes the handlers' futures fail the `Send` check.)
+        use futures::StreamExt;
+        let mut in_flight = futures::stream::FuturesOrdered::new();
         let mut results = Vec::with_capacity(emails.len());
-        for chunk in emails.chunks(32) {
-            results.extend(
-                futures::future::join_all(chunk.iter().map(|e| self.send_one(lane, e))).await,
-            );
+        for email in emails {
+            if in_flight.len() == SENDS_IN_FLIGHT {
+                results.extend(in_flight.next().await);
+            }
+            in_flight.push_back(self.send_one(lane, email));
+        }
+        while let Some(result) = in_flight.next().await {
+            results.push(result);
         }
         results
     }
@@ -222,5 +235,56 @@ impl Sender {
             .increment(1);
         metrics::histogram!("datamailer_ses_send_duration_seconds", "mailer" => self.mailer.kind())
             .record(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Answers each send after a delay that shrinks with the subject's number, so later sends
+    /// finish first, and counts how many are in flight at once.
+    #[derive(Default)]
+    struct SlowMailer {
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Mailer for SlowMailer {
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+
+        async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let n: u64 = email.subject.parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(20 - n % 20)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(SendReceipt {
+                message_id: email.subject.clone(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_its_order_and_bounds_its_calls_in_flight() {
+        let mailer = Arc::new(SlowMailer::default());
+        let sender = Sender::new(mailer.clone(), SendLimiter::unlimited());
+        let emails: Vec<OutgoingEmail> = (0..130)
+            .map(|n| OutgoingEmail {
+                subject: n.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        let results = sender.send_batch(Lane::Transactional, &emails).await;
+        let ids: Vec<String> = results.into_iter().map(|r| r.unwrap().message_id).collect();
+        let expected: Vec<String> = (0..130).map(|n: u32| n.to_string()).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(mailer.max_in_flight.load(Ordering::SeqCst), SENDS_IN_FLIGHT);
     }
 }

@@ -70,6 +70,11 @@ pub trait Source: Send + Sync + 'static {
     /// timeout), so keep its wait bounded.
     async fn receive(&self, max: usize) -> anyhow::Result<Received>;
 
+    /// The most messages one worker batch may hold (SQS receives at most 10).
+    fn max_batch(&self) -> usize {
+        10
+    }
+
     /// How long the poller pauses after an empty receive (sources without long polling).
     fn idle_wait(&self) -> Duration {
         Duration::ZERO

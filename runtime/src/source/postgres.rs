@@ -21,6 +21,7 @@ pub struct PostgresQueue {
     max_receives: u32,
     /// How long to sleep when the queue is empty before polling again.
     idle_poll: Duration,
+    max_batch: usize,
 }
 
 impl PostgresQueue {
@@ -31,7 +32,13 @@ impl PostgresQueue {
             visibility_timeout: Duration::from_secs(180),
             max_receives: 5,
             idle_poll: Duration::from_millis(100),
+            max_batch: DEFAULT_MAX_BATCH,
         }
+    }
+
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     pub fn with_visibility_timeout(mut self, t: Duration) -> Self {
@@ -49,6 +56,11 @@ impl PostgresQueue {
         self
     }
 }
+
+/// Messages per worker batch. Unlike SQS (10 per receive) the table has no limit; every
+/// statement and commit a batch costs is shared by its messages, so larger batches are cheaper
+/// per message, while 50 keeps one batch's SES sends and its visibility window small.
+pub const DEFAULT_MAX_BATCH: usize = 50;
 
 const RECEIVE_SQL: &str = "
 WITH ready AS (
@@ -69,6 +81,22 @@ FROM ready
 WHERE q.id = ready.id
 RETURNING q.id, q.body, q.receive_count, q.enqueued_at, q.dead_lettered_at IS NOT NULL";
 
+const EXTEND_SQL: &str = "
+UPDATE queue_messages SET visible_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1) AND dead_lettered_at IS NULL";
+
+const SETTLE_SQL: &str = "
+WITH acked AS (DELETE FROM queue_messages WHERE id = ANY($1)),
+     retried AS (
+        UPDATE queue_messages q
+        SET visible_at = now() + make_interval(secs => r.delay), last_error = r.reason
+        FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, delay, reason)
+        WHERE q.id = r.id)
+UPDATE queue_messages q
+SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
+FROM unnest($5::bigint[], $6::text[]) AS d(id, reason)
+WHERE q.id = d.id";
+
 #[async_trait]
 impl Source for PostgresQueue {
     fn kind(&self) -> &'static str {
@@ -80,9 +108,10 @@ impl Source for PostgresQueue {
             return Ok(Received::Messages(Vec::new()));
         }
         let conn = self.db.get().await?;
+        let receive = conn.prepare_cached(RECEIVE_SQL).await?;
         let rows = conn
             .query(
-                RECEIVE_SQL,
+                &receive,
                 &[
                     &self.queue,
                     &(max as i64),
@@ -116,12 +145,8 @@ impl Source for PostgresQueue {
     async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()> {
         let ids = ids(deliveries.iter());
         let conn = self.db.get().await?;
-        conn.execute(
-            "UPDATE queue_messages SET visible_at = now() + make_interval(secs => $2)
-             WHERE id = ANY($1) AND dead_lettered_at IS NULL",
-            &[&ids, &for_.as_secs_f64()],
-        )
-        .await?;
+        let extend = conn.prepare_cached(EXTEND_SQL).await?;
+        conn.execute(&extend, &[&ids, &for_.as_secs_f64()]).await?;
         Ok(())
     }
 
@@ -147,17 +172,9 @@ impl Source for PostgresQueue {
         }
         let conn = self.db.get().await?;
         // One round trip for the whole batch: the three changes ride in one statement.
+        let settle = conn.prepare_cached(SETTLE_SQL).await?;
         conn.execute(
-            "WITH acked AS (DELETE FROM queue_messages WHERE id = ANY($1)),
-                  retried AS (
-                    UPDATE queue_messages q
-                    SET visible_at = now() + make_interval(secs => r.delay), last_error = r.reason
-                    FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, delay, reason)
-                    WHERE q.id = r.id)
-             UPDATE queue_messages q
-             SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
-             FROM unnest($5::bigint[], $6::text[]) AS d(id, reason)
-             WHERE q.id = d.id",
+            &settle,
             &[
                 &acked,
                 &retry_ids,
@@ -177,6 +194,10 @@ impl Source for PostgresQueue {
 
     fn idle_wait(&self) -> Duration {
         self.idle_poll
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
     }
 }
 

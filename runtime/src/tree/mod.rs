@@ -71,7 +71,7 @@ pub struct TreeSpec {
     pub handler: Arc<dyn Handler>,
     /// Handler workers: the queue's reserved concurrency.
     pub concurrency: usize,
-    /// Messages per worker batch (≤ 10 for SQS receives).
+    /// Messages per worker batch: the source's [`Source::max_batch`] unless set.
     pub batch_size: usize,
     pub backoff: Backoff,
     /// A retry on this receive (or later) dead-letters instead, keeping the reason.
@@ -92,10 +92,10 @@ impl TreeSpec {
     ) -> Self {
         Self {
             queue: queue.into(),
+            batch_size: source.max_batch(),
             source,
             handler,
             concurrency: 1,
-            batch_size: 10,
             backoff: Backoff::default(),
             max_receives: 5,
             restart: RestartPolicy::default(),
