@@ -39,6 +39,8 @@ pub struct Config {
     pub db_max_connections: usize,
     pub sqs_queue_urls: HashMap<QueueName, String>,
     pub sqs_dlq_urls: HashMap<QueueName, String>,
+    /// Per queue, the Lambda event source mapping (UUID) that `pause`/`resume` switch.
+    pub event_source_mappings: HashMap<QueueName, String>,
 }
 
 /// The local Postgres over loopback, where TLS would only cost CPU.
@@ -140,6 +142,10 @@ impl Config {
                 }
             }
         }
+        let event_source_mappings = QueueName::ALL
+            .into_iter()
+            .filter_map(|q| Some((q, var(q.event_source_mapping_env())?)))
+            .collect();
         if queue_backend == QueueBackend::Sqs
             && !sqs_queue_urls.contains_key(&QueueName::TransactionalEmail)
         {
@@ -166,6 +172,7 @@ impl Config {
             db_max_connections,
             sqs_queue_urls,
             sqs_dlq_urls,
+            event_source_mappings,
         };
         if errors.is_empty() {
             Ok(config)

@@ -4,6 +4,7 @@
 mod config;
 mod database;
 mod lambda;
+mod mappings;
 mod ops;
 mod secrets;
 mod services;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, QueueBackend};
 use crate::database;
+use crate::mappings;
 use crate::services::{self, Services, SHUTDOWN_GRACE};
 
 /// The queues that have a worker today.
@@ -497,6 +498,24 @@ pub async fn pause(config: Config, queue: String, reason: String) -> anyhow::Res
         (datamailer_runtime::control::PAUSE_CACHE_TTL + datamailer_runtime::control::PAUSE_RECHECK)
             .as_secs()
     );
+    let Some(uuid) = config.event_source_mappings.get(&queue) else {
+        return Ok(());
+    };
+    let lambda = aws_sdk_lambda::Client::new(&services::aws_config(&config).await);
+    match mappings::disable(&lambda, uuid).await {
+        Ok(true) => {
+            datamailer_runtime::control::note_disabled_mapping(&db, queue.as_str(), uuid).await?;
+            println!("disabled the Lambda event source mapping {uuid}; resume enables it again");
+        }
+        Ok(false) => println!(
+            "the Lambda event source mapping {uuid} was already disabled; resume leaves it disabled"
+        ),
+        Err(e) => anyhow::bail!(
+            "{queue} is paused, but its Lambda event source mapping {uuid} is still enabled ({e:#}); \
+             Lambda hands its records back and they reach the DLQ after 5 receives. Disable it: \
+             aws lambda update-event-source-mapping --uuid {uuid} --no-enabled"
+        ),
+    }
     Ok(())
 }
 
@@ -505,10 +524,21 @@ pub async fn resume(config: Config, queue: String) -> anyhow::Result<()> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--queue: {e}"))?;
     let db = small_db(&config)?;
-    if datamailer_runtime::control::resume(&db, queue.as_str()).await? {
-        println!("resumed {queue}");
-    } else {
+    let Some(resumed) = datamailer_runtime::control::resume(&db, queue.as_str()).await? else {
         println!("{queue} was not paused");
+        return Ok(());
+    };
+    println!("resumed {queue}");
+    let uuid = resumed.disabled_mapping;
+    if !uuid.is_empty() {
+        let lambda = aws_sdk_lambda::Client::new(&services::aws_config(&config).await);
+        mappings::enable(&lambda, &uuid).await.with_context(|| {
+            format!(
+                "{queue} is resumed, but its Lambda event source mapping {uuid} is still disabled; \
+                 enable it: aws lambda update-event-source-mapping --uuid {uuid} --enabled"
+            )
+        })?;
+        println!("enabled the Lambda event source mapping {uuid}");
     }
     Ok(())
 }

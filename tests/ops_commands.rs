@@ -149,3 +149,155 @@ async fn the_database_secret_drives_pause_and_resume() {
     }
     db.drop_db().await;
 }
+
+/// Creates a Lambda function on moto and an SQS event source mapping to it; returns its UUID.
+async fn mapping(aws: &aws_config::SdkConfig, role_arn: &str, enabled: bool) -> String {
+    let lambda = aws_sdk_lambda::Client::new(aws);
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let name = unique("dm-worker");
+    // An empty zip archive: moto stores the code, it never runs it here.
+    let empty_zip = [&b"PK\x05\x06"[..], &[0u8; 18]].concat();
+    lambda
+        .create_function()
+        .function_name(&name)
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .handler("bootstrap")
+        .role(role_arn)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(empty_zip.into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateFunction");
+    let queue_url = create_queues(&sqs, &name).await.url;
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .expect("queue arn")
+        .clone();
+    lambda
+        .create_event_source_mapping()
+        .function_name(&name)
+        .event_source_arn(queue_arn)
+        .enabled(enabled)
+        .send()
+        .await
+        .expect("CreateEventSourceMapping")
+        .uuid()
+        .expect("mapping uuid")
+        .to_string()
+}
+
+async fn mapping_state(aws: &aws_config::SdkConfig, uuid: &str) -> String {
+    aws_sdk_lambda::Client::new(aws)
+        .get_event_source_mapping()
+        .uuid(uuid)
+        .send()
+        .await
+        .expect("GetEventSourceMapping")
+        .state()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// On AWS, pause also disables the queue's Lambda event source mapping (so records are not
+/// handed back until they dead-letter) and resume enables it again, but only the mapping the
+/// pause disabled: one that was disabled before (email-events at launch) stays disabled.
+#[tokio::test]
+async fn pause_and_resume_switch_the_lambda_event_source_mapping() {
+    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let aws = sdk_config(&endpoint).await;
+    let role_arn = aws_sdk_iam::Client::new(&aws)
+        .create_role()
+        .role_name(unique("dm-worker-role"))
+        .assume_role_policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("CreateRole")
+        .role()
+        .expect("role")
+        .arn()
+        .to_string();
+    let campaign = mapping(&aws, &role_arn, true).await;
+    let events = mapping(&aws, &role_arn, false).await;
+    assert_eq!(mapping_state(&aws, &campaign).await, "Enabled");
+
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("DATAMAILER_CAMPAIGN_EMAIL_EVENT_SOURCE_MAPPING", &campaign)
+            .env("DATAMAILER_EMAIL_EVENTS_EVENT_SOURCE_MAPPING", &events)
+            .env(
+                "DATAMAILER_TRANSACTIONAL_EMAIL_EVENT_SOURCE_MAPPING",
+                "00000000-0000-0000-0000-000000000000",
+            )
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run datamailer")
+    };
+
+    let out = ok(&cli(&["pause", "--queue", "campaign-email"]));
+    assert!(
+        out.contains(&format!(
+            "disabled the Lambda event source mapping {campaign}"
+        )),
+        "{out}"
+    );
+    assert_eq!(mapping_state(&aws, &campaign).await, "Disabled");
+    // Pausing again changes nothing, and resume still knows the pause disabled it.
+    let out = ok(&cli(&["pause", "--queue", "campaign-email"]));
+    assert!(out.contains("already disabled"), "{out}");
+    let out = ok(&cli(&["resume", "--queue", "campaign-email"]));
+    assert!(
+        out.contains(&format!(
+            "enabled the Lambda event source mapping {campaign}"
+        )),
+        "{out}"
+    );
+    assert_eq!(mapping_state(&aws, &campaign).await, "Enabled");
+
+    let out = ok(&cli(&["pause", "--queue", "email-events"]));
+    assert!(out.contains("already disabled"), "{out}");
+    let out = ok(&cli(&["resume", "--queue", "email-events"]));
+    assert!(!out.contains("enabled the Lambda"), "{out}");
+    assert_eq!(mapping_state(&aws, &events).await, "Disabled");
+
+    // A mapping that cannot be switched fails the command with the manual step, while the
+    // pause itself holds.
+    let failed = cli(&["pause", "--queue", "transactional-email"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("still enabled") && stderr.contains("update-event-source-mapping"),
+        "{stderr}"
+    );
+    let paused: Vec<String> = sqlx::query_scalar("SELECT queue FROM queue_pauses")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, ["transactional-email"]);
+    db.drop_db().await;
+}

@@ -61,6 +61,17 @@ impl QueueName {
         }
     }
 
+    /// Environment variable holding the UUID of the Lambda event source mapping that feeds
+    /// this queue to its worker function (`datamailer pause` disables it).
+    pub fn event_source_mapping_env(self) -> &'static str {
+        match self {
+            QueueName::TransactionalEmail => "DATAMAILER_TRANSACTIONAL_EMAIL_EVENT_SOURCE_MAPPING",
+            QueueName::CampaignEmail => "DATAMAILER_CAMPAIGN_EMAIL_EVENT_SOURCE_MAPPING",
+            QueueName::SesWebhooks => "DATAMAILER_SES_WEBHOOKS_EVENT_SOURCE_MAPPING",
+            QueueName::EmailEvents => "DATAMAILER_EMAIL_EVENTS_EVENT_SOURCE_MAPPING",
+        }
+    }
+
     /// Environment variable holding the dead-letter queue URL.
     pub fn sqs_dlq_url_env(self) -> &'static str {
         match self {

@@ -95,6 +95,8 @@ render_environment() {
       id=${pair%%:*} env=${pair#*:}
       echo "SQS_${env}_QUEUE_URL=$(output "${id}QueueUrl")"
       echo "SQS_${env}_DLQ_URL=$(output "${id}DlqUrl")"
+      # `datamailer pause`/`resume` switch the queue's Lambda mapping too.
+      echo "DATAMAILER_${env}_EVENT_SOURCE_MAPPING=$(output "${id}EventSourceMappingId")"
     done
     echo "RUST_LOG=info"
     # Operator overrides and extra settings: SSM parameters /<project>/<env>/web/NAME (SecureString ok).

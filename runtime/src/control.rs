@@ -179,15 +179,40 @@ pub async fn pause(db: &Db, queue: &str, reason: &str) -> anyhow::Result<DateTim
     Ok(row.get(0))
 }
 
-/// Resumes `queue`; false if it was not paused.
-pub async fn resume(db: &Db, queue: &str) -> anyhow::Result<bool> {
-    let n = db
+/// Notes on `queue`'s pause that it disabled this Lambda event source mapping.
+pub async fn note_disabled_mapping(db: &Db, queue: &str, mapping: &str) -> anyhow::Result<()> {
+    db.get()
+        .await?
+        .execute(
+            "UPDATE queue_pauses SET disabled_mapping = $2 WHERE queue = $1",
+            &[&queue, &mapping],
+        )
+        .await
+        .context("writing queue_pauses")?;
+    Ok(())
+}
+
+/// What `resume` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The Lambda event source mapping the pause disabled, to enable again ("" for none).
+    pub disabled_mapping: String,
+}
+
+/// Resumes `queue`; `None` if it was not paused.
+pub async fn resume(db: &Db, queue: &str) -> anyhow::Result<Option<Resumed>> {
+    let row = db
         .get()
         .await?
-        .execute("DELETE FROM queue_pauses WHERE queue = $1", &[&queue])
+        .query_opt(
+            "DELETE FROM queue_pauses WHERE queue = $1 RETURNING disabled_mapping",
+            &[&queue],
+        )
         .await
         .context("writing queue_pauses (has `datamailer migrate` run?)")?;
-    Ok(n > 0)
+    Ok(row.map(|r| Resumed {
+        disabled_mapping: r.get(0),
+    }))
 }
 
 /// Every paused queue: (queue, paused_at, reason).

@@ -597,7 +597,10 @@ async fn a_paused_queue_receives_nothing_until_resumed() {
         0
     );
 
-    assert!(datamailer_runtime::control::resume(&db, Q).await.unwrap());
+    assert!(datamailer_runtime::control::resume(&db, Q)
+        .await
+        .unwrap()
+        .is_some());
     eventually("all 5 are handled after resume", || async {
         seen.load(Ordering::SeqCst) == 5
     })
