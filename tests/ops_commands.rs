@@ -9,27 +9,20 @@ use datamailer_testkit::TestDb;
 use serde_json::json;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
-
 /// Runs the binary with DATABASE_URL unset: the database comes from the secret.
 fn run(args: &[&str], endpoint: &str, secret_arn: &str) -> Output {
     run_with(args, endpoint, secret_arn, &[])
 }
 
 fn run_with(args: &[&str], endpoint: &str, secret_arn: &str, env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().copied())
         .args(args)
         .env_remove("DATABASE_URL")
         .env("DATAMAILER_DATABASE_SECRET_ARN", secret_arn)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run datamailer")
+        .env("RUST_LOG", "warn");
+    aws_env(&mut cmd, endpoint);
+    cmd.output().expect("run datamailer")
 }
 
 fn ok(out: &Output) -> String {
@@ -171,18 +164,7 @@ async fn mapping(aws: &aws_config::SdkConfig, role_arn: &str, enabled: bool) -> 
         .send()
         .await
         .expect("CreateFunction");
-    let queue_url = create_queues(&sqs, &name).await.url;
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-        .expect("queue arn")
-        .clone();
+    let queue_arn = queue_arn(&sqs, &create_queues(&sqs, &name).await.url).await;
     lambda
         .create_event_source_mapping()
         .function_name(&name)
@@ -240,8 +222,8 @@ async fn pause_and_resume_switch_the_lambda_event_source_mapping() {
     assert_eq!(mapping_state(&aws, &campaign).await, "Enabled");
 
     let cli = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .env("DATABASE_URL", &db.url)
             .env("DATAMAILER_CAMPAIGN_EMAIL_EVENT_SOURCE_MAPPING", &campaign)
             .env("DATAMAILER_EMAIL_EVENTS_EVENT_SOURCE_MAPPING", &events)
@@ -249,14 +231,9 @@ async fn pause_and_resume_switch_the_lambda_event_source_mapping() {
                 "DATAMAILER_TRANSACTIONAL_EMAIL_EVENT_SOURCE_MAPPING",
                 "00000000-0000-0000-0000-000000000000",
             )
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run datamailer")
+            .env("RUST_LOG", "warn");
+        aws_env(&mut cmd, &endpoint);
+        cmd.output().expect("run datamailer")
     };
 
     let out = ok(&cli(&["pause", "--queue", "campaign-email"]));

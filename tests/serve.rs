@@ -5,6 +5,8 @@
 //!   endpoint below (the only stand-in here; it answers SES v2 `SendEmail` slowly so the
 //!   signal lands mid-flight) sees every message exactly once across two runs.
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,16 +16,7 @@ use std::time::Duration;
 use axum::routing::post;
 use datamailer_testkit::TestDb;
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{free_port, BIN};
 
 struct Server {
     child: Child,

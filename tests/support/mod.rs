@@ -18,6 +18,38 @@ use datamailer_runtime::producer::{Producer, SqsProducer};
 use serde_json::{json, Value};
 
 pub const QUEUE: &str = "transactional-email";
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_datamailer");
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Points a `datamailer` command at moto: endpoint, fake credentials, fixed region, no IMDS.
+pub fn aws_env(cmd: &mut std::process::Command, endpoint: &str) {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .expect("queue arn")
+}
 
 /// SDK configuration for moto: fixed region, endpoint and fake credentials, independent of the
 /// environment (no profile, no IMDS).
