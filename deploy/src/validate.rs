@@ -212,6 +212,7 @@ pub fn validate(opts: &Options) -> Report {
     let param_files = check_parameter_files(&t, &opts.config_dir, &mut r);
     let workers = check_workers(&t, &mut r);
     check_ses_event_path(&t, &mut r);
+    check_mapping_switch(&t, &mut r);
     check_database(&t, &mut r);
     check_connection_budget(&t, &workers, &opts.config_dir, &param_files, &mut r);
     check_metrics(&t, opts, &mut r);
@@ -933,6 +934,49 @@ fn check_role(t: &Template, r: &mut Report, s: &RoleScope) {
 }
 
 // ----------------------------------------------------------------------------- SES event path
+
+/// Roles that may switch event source mappings (the web host's, for `datamailer pause`) may do
+/// only that, and only on this stack's mappings: each `lambda:` action is
+/// Get/UpdateEventSourceMapping, on `event-source-mapping:${<a mapping of this template>}` ARNs.
+fn check_mapping_switch(t: &Template, r: &mut Report) {
+    const ALLOWED: [&str; 2] = [
+        "lambda:GetEventSourceMapping",
+        "lambda:UpdateEventSourceMapping",
+    ];
+    for (rid, _) in t.of_type("AWS::IAM::Role") {
+        for policy in as_list(&t.props(rid)["Policies"]) {
+            for st in as_list(&policy["PolicyDocument"]["Statement"]) {
+                let actions: Vec<&str> = as_list(&st["Action"])
+                    .into_iter()
+                    .filter_map(Value::as_str)
+                    .filter(|a| a.starts_with("lambda:"))
+                    .collect();
+                if actions.is_empty() || st["Effect"] != "Allow" {
+                    continue;
+                }
+                let sid = st["Sid"].as_str().unwrap_or("(no Sid)");
+                for action in &actions {
+                    r.check(ALLOWED.contains(action), || {
+                        format!("{rid}: {action} in statement {sid}; only Get/UpdateEventSourceMapping may be granted on Lambda")
+                    });
+                }
+                for resource in as_list(&st["Resource"]) {
+                    let mapping = sub_text(resource)
+                        .and_then(|s| s.split(":event-source-mapping:${").nth(1))
+                        .and_then(|rest| rest.strip_suffix('}'));
+                    let ok =
+                        mapping.is_some_and(|m| t.is_type(m, "AWS::Lambda::EventSourceMapping"));
+                    r.check(ok, || {
+                        format!(
+                            "{rid}: lambda actions on resource {} in statement {sid}; allow them only on this stack's event source mappings",
+                            show(resource)
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
 
 fn check_ses_event_path(t: &Template, r: &mut Report) {
     let Some(qid) = t

@@ -113,6 +113,25 @@ fn the_shipped_template_and_parameter_files_pass() {
 }
 
 #[test]
+fn the_web_role_switches_only_this_stacks_mappings() {
+    let f = failures_after(|t| {
+        statement(t, "WebRole", "PauseResumeMappings")["Resource"] = json!("*");
+    });
+    assert_fails_with(
+        &f,
+        "WebRole: lambda actions on resource * in statement PauseResumeMappings",
+    );
+    let f = failures_after(|t| {
+        statement(t, "WebRole", "PauseResumeMappings")["Action"] =
+            json!(["lambda:UpdateEventSourceMapping", "lambda:InvokeFunction"]);
+    });
+    assert_fails_with(
+        &f,
+        "WebRole: lambda:InvokeFunction in statement PauseResumeMappings",
+    );
+}
+
+#[test]
 fn a_queue_without_a_redrive_policy_fails() {
     let f = failures_after(|t| {
         t["Resources"]["TransactionalEmailQueue"]["Properties"]
