@@ -31,9 +31,11 @@ validate-infra:
 
 ## The Lambda deployment zip, dist/datamailer-lambda-$(ARCH).zip, checked against AL2023's glibc.
 ## ARCH=x86_64 (default) or arm64 (needs `rustup target add aarch64-unknown-linux-gnu`);
-## LAMBDA_PROFILE=release (default) or dev; LAMBDA_COMPILER=zig (default) or cargo (host x86_64).
+## LAMBDA_PROFILE=release (default) or dev; LAMBDA_COMPILER=zig (default) or cargo (host x86_64);
+## RDS_CA_BUNDLE=path ships the RDS CA bundle so the workers verify the database (verify-full).
 ARCH ?= x86_64
 LAMBDA_PROFILE ?= release
 LAMBDA_COMPILER ?= zig
+RDS_CA_BUNDLE ?=
 lambda-artifact:
-	ARCH=$(ARCH) LAMBDA_PROFILE=$(LAMBDA_PROFILE) LAMBDA_COMPILER=$(LAMBDA_COMPILER) scripts/lambda-artifact.sh
+	ARCH=$(ARCH) LAMBDA_PROFILE=$(LAMBDA_PROFILE) LAMBDA_COMPILER=$(LAMBDA_COMPILER) RDS_CA_BUNDLE=$(RDS_CA_BUNDLE) scripts/lambda-artifact.sh

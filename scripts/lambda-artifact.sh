@@ -12,6 +12,9 @@
 #                            zig (ziglang from the venv); cargo: the host toolchain, only for
 #                            ARCH=x86_64 on an x86_64 host, reusing the test build's target dir
 #                            (the glibc check below still guards the result)
+#   RDS_CA_BUNDLE=path       the RDS CA bundle (https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem)
+#                            to ship as rds-ca.pem: the workers then verify the database's
+#                            certificate (sslmode=verify-full) instead of only encrypting
 #
 # Output: dist/datamailer-lambda-$ARCH.zip (and its bootstrap under dist/lambda/).
 set -euo pipefail
@@ -62,9 +65,16 @@ stage=dist/lambda/$ARCH
 rm -rf "$stage" && mkdir -p "$stage"
 cp "$binary" "$stage/bootstrap"
 chmod 755 "$stage/bootstrap"
+files=(bootstrap)
+if [ -n "${RDS_CA_BUNDLE:-}" ]; then
+  grep -q -- "-----BEGIN CERTIFICATE-----" "$RDS_CA_BUNDLE" || {
+    echo "RDS_CA_BUNDLE=$RDS_CA_BUNDLE holds no PEM certificate" >&2; exit 1; }
+  cp "$RDS_CA_BUNDLE" "$stage/rds-ca.pem"
+  files+=(rds-ca.pem)
+fi
 zip_path=dist/datamailer-lambda-$ARCH.zip
 rm -f "$zip_path"
-(cd "$stage" && zip -q -X "../../datamailer-lambda-$ARCH.zip" bootstrap)
+(cd "$stage" && zip -q -X "../../datamailer-lambda-$ARCH.zip" "${files[@]}")
 
 # The checks: the right architecture, and no glibc symbol newer than AL2023's.
 readelf -h "$stage/bootstrap" | grep -q "Machine:.*$machine" || {
@@ -79,4 +89,4 @@ if [ -n "$too_new" ]; then
   exit 1
 fi
 echo "built $zip_path ($ARCH, $LAMBDA_PROFILE, $LAMBDA_COMPILER) in $(( $(date +%s) - started )) s:" \
-  "$(du -h "$zip_path" | cut -f1), needs glibc ≤ $newest (AL2023 has $MAX_GLIBC)"
+  "$(du -h "$zip_path" | cut -f1), needs glibc ≤ $newest (AL2023 has $MAX_GLIBC); holds ${files[*]}"

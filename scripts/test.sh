@@ -26,6 +26,9 @@ cargo run -q --bin datamailer -- validate-infra
 .venv/bin/cfn-lint infra/cloudformation/datamailer-mvp.json
 # The Lambda artifact the emulator test runs (tests/lambda_bootstrap.rs): dev profile on the
 # host toolchain, so it reuses this build; the script still checks glibc <= 2.34 (AL2023).
-LAMBDA_PROFILE=dev LAMBDA_COMPILER=cargo scripts/lambda-artifact.sh
+# The local server's certificate stands in for the RDS CA bundle, so the emulator test's
+# function connects with verify-full through the bundled CA, as on AWS.
+LAMBDA_PROFILE=dev LAMBDA_COMPILER=cargo RDS_CA_BUNDLE=/etc/ssl/certs/ssl-cert-snakeoil.pem \
+  scripts/lambda-artifact.sh
 export DATAMAILER_TEST_LAMBDA_ARTIFACT="$PWD/dist/datamailer-lambda-x86_64.zip"
 cargo test --workspace --no-fail-fast

@@ -25,18 +25,39 @@ struct DbSecret {
     dbname: String,
 }
 
-/// How URLs built from the secret use TLS: `sslmode` (default `require`, since RDS forces TLS)
-/// and, for `verify-full`, the CA file (the RDS CA bundle) that `sslrootcert` names.
+/// How URLs built from the secret use TLS: `sslmode` and the CA file `sslrootcert` names.
 pub const SSLMODE_ENV: &str = "DATAMAILER_DATABASE_SSLMODE";
 pub const SSLROOTCERT_ENV: &str = "DATAMAILER_DATABASE_SSLROOTCERT";
+/// The RDS CA bundle's name in the Lambda zip (`RDS_CA_BUNDLE=… make lambda-artifact`), under
+/// `LAMBDA_TASK_ROOT`.
+pub const BUNDLED_CA: &str = "rds-ca.pem";
 
-/// The URL query for [`SSLMODE_ENV`] and [`SSLROOTCERT_ENV`].
-pub fn tls_query(sslmode: Option<&str>, sslrootcert: Option<&str>) -> String {
-    let mut query = format!("?sslmode={}", encode(sslmode.unwrap_or("require")));
-    if let Some(path) = sslrootcert {
+/// The URL query for the TLS settings. Unset, the mode is `verify-full` against `bundled_ca`
+/// when the zip carries the RDS CA bundle, else `require` (RDS forces TLS; the certificate is
+/// then not checked).
+pub fn tls_query(
+    sslmode: Option<&str>,
+    sslrootcert: Option<&str>,
+    bundled_ca: Option<&str>,
+) -> String {
+    let (mode, root) = match (sslmode, sslrootcert, bundled_ca) {
+        (Some(mode), root, _) => (mode, root),
+        (None, Some(root), _) => ("verify-full", Some(root)),
+        (None, None, Some(bundle)) => ("verify-full", Some(bundle)),
+        (None, None, None) => ("require", None),
+    };
+    let mut query = format!("?sslmode={}", encode(mode));
+    if let Some(path) = root {
         query.push_str(&format!("&sslrootcert={}", encode(path)));
     }
     query
+}
+
+/// `$LAMBDA_TASK_ROOT/rds-ca.pem` when the deployment zip carries it.
+fn bundled_ca() -> Option<String> {
+    let root = std::env::var("LAMBDA_TASK_ROOT").ok()?;
+    let path = std::path::Path::new(&root).join(BUNDLED_CA);
+    path.is_file().then(|| path.to_string_lossy().into_owned())
 }
 
 /// `postgres://user:password@host:port/dbname?<tls>` from the secret's JSON, with the user, the
@@ -118,9 +139,13 @@ pub async fn resolve(config: &mut Config) -> anyhow::Result<()> {
     let aws = services::aws_config(config).await;
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let host = env(HOST_ENV);
-    let tls = tls_query(env(SSLMODE_ENV).as_deref(), env(SSLROOTCERT_ENV).as_deref());
+    let tls = tls_query(
+        env(SSLMODE_ENV).as_deref(),
+        env(SSLROOTCERT_ENV).as_deref(),
+        bundled_ca().as_deref(),
+    );
     config.database_url = Some(fetch_database_url(&aws, &arn, host.as_deref(), &tls).await?);
-    tracing::info!(secret = %arn, "database credentials read from Secrets Manager");
+    tracing::info!(secret = %arn, tls = tls.trim_start_matches('?'), "database credentials read from Secrets Manager");
     Ok(())
 }
 
@@ -175,8 +200,22 @@ mod tests {
 
     #[test]
     fn urls_from_the_secret_use_tls() {
-        assert_eq!(tls_query(None, None), "?sslmode=require");
-        let tls = tls_query(Some("verify-full"), Some("/var/task/rds ca.pem"));
+        assert_eq!(tls_query(None, None, None), "?sslmode=require");
+        // A zip that carries the RDS CA bundle verifies by default; settings still win.
+        assert_eq!(
+            tls_query(None, None, Some("/var/task/rds-ca.pem")),
+            "?sslmode=verify-full&sslrootcert=%2Fvar%2Ftask%2Frds-ca.pem"
+        );
+        assert_eq!(
+            tls_query(Some("require"), None, Some("/var/task/rds-ca.pem")),
+            "?sslmode=require"
+        );
+        // Through RDS Proxy (ACM certificate): verify-full against the public roots.
+        assert_eq!(
+            tls_query(Some("verify-full"), None, Some("/var/task/rds-ca.pem")),
+            "?sslmode=verify-full"
+        );
+        let tls = tls_query(Some("verify-full"), Some("/var/task/rds ca.pem"), None);
         assert_eq!(
             tls,
             "?sslmode=verify-full&sslrootcert=%2Fvar%2Ftask%2Frds%20ca.pem"
@@ -197,7 +236,7 @@ mod tests {
             &database_url(
                 r#"{"username":"u","password":"p","host":"h","dbname":"d"}"#,
                 None,
-                &tls_query(None, None),
+                &tls_query(None, None, None),
             )
             .unwrap(),
         )

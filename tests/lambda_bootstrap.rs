@@ -223,12 +223,20 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> Value
 
 #[tokio::test]
 async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_failure() {
-    bootstrap_end_to_end(PathBuf::from(env!("CARGO_BIN_EXE_datamailer")), &["lambda"]).await;
+    bootstrap_end_to_end(
+        PathBuf::from(env!("CARGO_BIN_EXE_datamailer")),
+        &["lambda"],
+        None,
+    )
+    .await;
 }
 
 /// The same flow with the `bootstrap` from the deployment artifact (`make lambda-artifact`):
 /// `DATAMAILER_TEST_LAMBDA_ARTIFACT` names the zip (or an unzipped `bootstrap`). Lambda's
-/// `provided.al2023` runtime starts `bootstrap` with no arguments, and so does this test.
+/// `provided.al2023` runtime starts `bootstrap` with no arguments, and so does this test. As on
+/// AWS, the database comes from a Secrets Manager secret (moto) and the unzipped artifact is
+/// `LAMBDA_TASK_ROOT`: when the zip carries `rds-ca.pem` (CI builds it with the local server's
+/// certificate as the bundle) the function must connect with `verify-full` against it.
 #[tokio::test]
 async fn the_lambda_artifact_bootstrap_processes_an_sqs_event_end_to_end() {
     let Some(artifact) = std::env::var_os("DATAMAILER_TEST_LAMBDA_ARTIFACT") else {
@@ -239,7 +247,7 @@ async fn the_lambda_artifact_bootstrap_processes_an_sqs_event_end_to_end() {
         return;
     };
     let artifact = PathBuf::from(artifact);
-    let bootstrap = if artifact.extension().is_some_and(|e| e == "zip") {
+    let (bootstrap, task_root) = if artifact.extension().is_some_and(|e| e == "zip") {
         let dir = std::env::temp_dir().join(unique("dm-artifact"));
         std::fs::create_dir_all(&dir).unwrap();
         let status = Command::new("unzip")
@@ -250,20 +258,22 @@ async fn the_lambda_artifact_bootstrap_processes_an_sqs_event_end_to_end() {
             .status()
             .expect("unzip");
         assert!(status.success(), "unzip {}", artifact.display());
-        dir.join("bootstrap")
+        (dir.join("bootstrap"), dir)
     } else {
-        artifact
+        let dir = artifact.parent().unwrap().to_path_buf();
+        (artifact, dir)
     };
     assert!(
         bootstrap.exists(),
         "no bootstrap at {}",
         bootstrap.display()
     );
-    bootstrap_end_to_end(bootstrap, &[]).await;
+    bootstrap_end_to_end(bootstrap, &[], Some(task_root)).await;
 }
 
-/// Drives `binary args...` as the function under the emulator (see the module doc).
-async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str]) {
+/// Drives `binary args...` as the function under the emulator (see the module doc). With a
+/// `task_root`, the function reads its database from a secret, as deployed.
+async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str], task_root: Option<PathBuf>) {
     let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
         return;
     };
@@ -350,7 +360,6 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str]) {
         ("AWS_LAMBDA_FUNCTION_VERSION", "1"),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096"),
         ("DATAMAILER_QUEUE", QUEUE),
-        ("DATABASE_URL", db.url.as_str()),
         ("DATAMAILER_MAILER", "capture"),
         ("DATAMAILER_QUEUE_BACKEND", "sqs"),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -362,6 +371,32 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str]) {
         ("SQS_TRANSACTIONAL_EMAIL_DLQ_URL", queues.dlq_url.as_str()),
         ("RUST_LOG", "info"),
     ]);
+    let bundled_ca = task_root
+        .as_ref()
+        .is_some_and(|root| root.join("rds-ca.pem").is_file());
+    match &task_root {
+        None => {
+            function.env("DATABASE_URL", &db.url);
+        }
+        Some(root) => {
+            // `localhost`: the name the local server's certificate holds.
+            let secret = json!({"username": "postgres", "password": "unused", "host": "localhost",
+                                "port": 5432, "dbname": db.name, "engine": "postgres"});
+            let arn = aws_sdk_secretsmanager::Client::new(&aws)
+                .create_secret()
+                .name(unique("dm-worker-db"))
+                .secret_string(secret.to_string())
+                .send()
+                .await
+                .expect("CreateSecret")
+                .arn()
+                .expect("secret arn")
+                .to_string();
+            function
+                .env("DATAMAILER_DATABASE_SECRET_ARN", arn)
+                .env("LAMBDA_TASK_ROOT", root);
+        }
+    }
     let mut function = ChildGuard::spawn("datamailer lambda", function);
 
     let answer = invoke(port, &event, &mut function, &mut emulator).await;
@@ -370,6 +405,28 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str]) {
         json!({"batchItemFailures": [{"itemIdentifier": transient_id}]}),
         "poison {poison_id}, transient {transient_id}"
     );
+    if task_root.is_some() {
+        // The function's pool (still open while it waits for the next event) is encrypted.
+        let worker_ssl: Vec<bool> = sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.application_name = 'datamailer-worker'",
+        )
+        .bind(&db.name)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            !worker_ssl.is_empty() && worker_ssl.iter().all(|s| *s),
+            "worker connections must use TLS: {worker_ssl:?}"
+        );
+        if bundled_ca {
+            assert!(
+                function.log().contains("sslmode=verify-full&sslrootcert="),
+                "the bundled CA must select verify-full:\n{}",
+                function.log()
+            );
+        }
+    }
 
     // The poison record is in the DLQ with its reason, copied there by the function.
     let letters = sqs::list_dead_letters(&sqs, &queues.dlq_url)
