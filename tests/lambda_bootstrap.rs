@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use datamailer_runtime::source::sqs;
 use datamailer_testkit::TestDb;
 use serde_json::{json, Map, Value};
@@ -287,16 +287,7 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str], task_root: Option<
     let aws = sdk_config(&endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let queues = create_queues(&sqs, &unique("dm-lambda")).await;
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queues.url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue arn")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("queue arn");
+    let queue_arn = queue_arn(&sqs, &queues.url).await;
 
     // The good record: a real send through the API, enqueued on SQS.
     let suffix = unique("l");
@@ -380,18 +371,7 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str], task_root: Option<
         }
         Some(root) => {
             // `localhost`: the name the local server's certificate holds.
-            let secret = json!({"username": "postgres", "password": "unused", "host": "localhost",
-                                "port": 5432, "dbname": db.name, "engine": "postgres"});
-            let arn = aws_sdk_secretsmanager::Client::new(&aws)
-                .create_secret()
-                .name(unique("dm-worker-db"))
-                .secret_string(secret.to_string())
-                .send()
-                .await
-                .expect("CreateSecret")
-                .arn()
-                .expect("secret arn")
-                .to_string();
+            let arn = database_secret(&aws, "localhost", &db.name, "unused").await;
             function
                 .env("DATAMAILER_DATABASE_SECRET_ARN", arn)
                 .env("LAMBDA_TASK_ROOT", root);

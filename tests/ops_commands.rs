@@ -45,27 +45,8 @@ async fn the_database_secret_drives_pause_and_resume() {
         return;
     };
     let aws = sdk_config(&endpoint).await;
-    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
-    // An RDS-style secret; the local server trusts 127.0.0.1, so the password (which needs
-    // percent-encoding in a URL) only has to survive the URL round trip.
-    let secret = json!({
-        "username": "postgres",
-        "password": "p@ss:w/rd%?#",
-        "host": "127.0.0.1",
-        "port": 5432,
-        "dbname": db.name,
-        "engine": "postgres",
-    });
-    let arn = secrets
-        .create_secret()
-        .name(unique("dm-db-secret"))
-        .secret_string(secret.to_string())
-        .send()
-        .await
-        .expect("CreateSecret")
-        .arn()
-        .expect("secret arn")
-        .to_string();
+    // The password needs percent-encoding in a URL.
+    let arn = database_secret(&aws, "127.0.0.1", &db.name, "p@ss:w/rd%?#").await;
 
     let out = ok(&run(&["migrate"], &endpoint, &arn));
     assert!(out.contains("migrations applied"), "{out}");
@@ -195,9 +176,11 @@ async fn mapping_state(aws: &aws_config::SdkConfig, uuid: &str) -> String {
 /// pause disabled: one that was disabled before (email-events at launch) stays disabled.
 #[tokio::test]
 async fn pause_and_resume_switch_the_lambda_event_source_mapping() {
-    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+    // Its own moto: Lambda functions would break the shared server's data.json (see PrivateMoto).
+    let Some(moto) = PrivateMoto::start().await else {
         return;
     };
+    let endpoint = moto.endpoint.clone();
     let Some(db) = TestDb::create().await else {
         return;
     };

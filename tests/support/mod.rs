@@ -347,3 +347,73 @@ pub async fn events(pool: &sqlx::PgPool, id: i64) -> Vec<(String, Value)> {
     .await
     .expect("events")
 }
+
+/// An RDS-style database secret (`username`, `password`, `host`, `port`, `dbname`) on moto for
+/// the local server's `dbname`, as the stack's secrets hold them; returns its ARN. The local
+/// server trusts its clients, so the password only has to survive the URL round trip.
+pub async fn database_secret(aws: &SdkConfig, host: &str, dbname: &str, password: &str) -> String {
+    let secret = json!({"username": "postgres", "password": password, "host": host,
+                        "port": 5432, "dbname": dbname, "engine": "postgres"});
+    aws_sdk_secretsmanager::Client::new(aws)
+        .create_secret()
+        .name(unique("dm-db-secret"))
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .expect("CreateSecret")
+        .arn()
+        .expect("secret arn")
+        .to_string()
+}
+
+/// A moto server of the test's own, for state that would break the shared one: once a Lambda
+/// function exists, moto's `/moto-api/data.json` (where other tests read SES mail) fails
+/// without docker, and moto keeps deleted functions in it. Killed on drop.
+pub struct PrivateMoto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl PrivateMoto {
+    /// Starts `.venv/bin/moto_server` (scripts/test-env.sh installs it); `None` (a failure
+    /// under CI) when it cannot run.
+    pub async fn start() -> Option<PrivateMoto> {
+        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server");
+        let port = free_port();
+        let child = match std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                datamailer_testkit::unavailable("a private moto server", format!("{bin}: {e}"));
+                return None;
+            }
+        };
+        let moto = PrivateMoto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let ready = format!("{}/moto-api/", moto.endpoint);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Some(moto);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the private moto server did not start within 30 s");
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
