@@ -47,7 +47,8 @@ pub struct Config {
 pub const LOCAL_DATABASE_URL: &str =
     "postgres://postgres@127.0.0.1:5432/datamailer?sslmode=disable";
 
-fn var(name: &str) -> Option<String> {
+/// An environment variable, trimmed; unset and blank are the same.
+pub(crate) fn var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
         .map(|v| v.trim().to_string())

@@ -8,6 +8,14 @@
 
 use aws_sdk_lambda::Client;
 
+use crate::config::Config;
+use crate::services;
+
+/// The Lambda API client for the configured region and endpoint.
+pub async fn client(config: &Config) -> Client {
+    Client::new(&services::aws_config(config).await)
+}
+
 /// Disables the mapping; `true` if this call disabled it, `false` if it was already disabled
 /// (or being disabled).
 pub async fn disable(lambda: &Client, uuid: &str) -> anyhow::Result<bool> {

@@ -501,7 +501,7 @@ pub async fn pause(config: Config, queue: String, reason: String) -> anyhow::Res
     let Some(uuid) = config.event_source_mappings.get(&queue) else {
         return Ok(());
     };
-    let lambda = aws_sdk_lambda::Client::new(&services::aws_config(&config).await);
+    let lambda = mappings::client(&config).await;
     match mappings::disable(&lambda, uuid).await {
         Ok(true) => {
             datamailer_runtime::control::note_disabled_mapping(&db, queue.as_str(), uuid).await?;
@@ -531,7 +531,7 @@ pub async fn resume(config: Config, queue: String) -> anyhow::Result<()> {
     println!("resumed {queue}");
     let uuid = resumed.disabled_mapping;
     if !uuid.is_empty() {
-        let lambda = aws_sdk_lambda::Client::new(&services::aws_config(&config).await);
+        let lambda = mappings::client(&config).await;
         mappings::enable(&lambda, &uuid).await.with_context(|| {
             format!(
                 "{queue} is resumed, but its Lambda event source mapping {uuid} is still disabled; \

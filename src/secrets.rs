@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{var, Config};
 use crate::services;
 
 /// The environment variable that names the secret.
@@ -137,11 +137,10 @@ pub async fn resolve(config: &mut Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let aws = services::aws_config(config).await;
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let host = env(HOST_ENV);
+    let host = var(HOST_ENV);
     let tls = tls_query(
-        env(SSLMODE_ENV).as_deref(),
-        env(SSLROOTCERT_ENV).as_deref(),
+        var(SSLMODE_ENV).as_deref(),
+        var(SSLROOTCERT_ENV).as_deref(),
         bundled_ca().as_deref(),
     );
     config.database_url = Some(fetch_database_url(&aws, &arn, host.as_deref(), &tls).await?);

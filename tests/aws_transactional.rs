@@ -63,8 +63,28 @@ impl Env {
         let handler = TransactionalHandler::new(db, sender, TransactionalSettings::default());
         let mut spec = TreeSpec::new(QUEUE, Arc::new(source), Arc::new(handler));
         spec.concurrency = 2;
-        spec.batch_size = 10;
         QueueTree::start(spec).await.expect("start the tree")
+    }
+
+    /// Sends `bodies` to the source queue and runs a tree until that many messages are in the
+    /// DLQ.
+    async fn dead_letter(&self, bodies: &[&str]) {
+        for body in bodies {
+            self.sqs
+                .send_message()
+                .queue_url(&self.queues.url)
+                .message_body(*body)
+                .send()
+                .await
+                .expect("SendMessage");
+        }
+        let tree = self.start_tree().await;
+        wait_for("the dead letters", LIMIT, || async {
+            (queue_depth(&self.sqs, &self.queues.dlq_url).await.0 == bodies.len() as u64)
+                .then_some(())
+        })
+        .await;
+        shutdown(tree).await;
     }
 
     /// The source queue holds nothing, visible or in flight: every message was deleted.
@@ -144,22 +164,7 @@ async fn poison_messages_are_dead_lettered_on_first_receive_and_can_be_redriven(
     };
     let not_json = "this is not JSON";
     let wrong_contract = json!({"contract": "campaign-email", "version": 1}).to_string();
-    for body in [not_json, wrong_contract.as_str()] {
-        env.sqs
-            .send_message()
-            .queue_url(&env.queues.url)
-            .message_body(body)
-            .send()
-            .await
-            .expect("SendMessage");
-    }
-
-    let tree = env.start_tree().await;
-    wait_for("two dead letters", LIMIT, || async {
-        (queue_depth(&env.sqs, &env.queues.dlq_url).await.0 == 2).then_some(())
-    })
-    .await;
-    shutdown(tree).await;
+    env.dead_letter(&[not_json, wrong_contract.as_str()]).await;
     env.assert_queue_empty().await;
 
     // Moved by us on the first receive (the redrive policy would need five), with the reason
@@ -309,19 +314,7 @@ async fn cli_lists_and_redrives_sqs_dead_letters() {
         return;
     };
     let poison = r#"{"contract":"transactional-email","version":1}"#;
-    env.sqs
-        .send_message()
-        .queue_url(&env.queues.url)
-        .message_body(poison)
-        .send()
-        .await
-        .expect("SendMessage");
-    let tree = env.start_tree().await;
-    wait_for("the dead letter", LIMIT, || async {
-        (queue_depth(&env.sqs, &env.queues.dlq_url).await.0 == 1).then_some(())
-    })
-    .await;
-    shutdown(tree).await;
+    env.dead_letter(&[poison]).await;
 
     // Only the source queue URL: the CLI finds the DLQ through the redrive policy.
     let vars = [

@@ -36,7 +36,6 @@ pub async fn run_invocation(
     }
     let mut spec = TreeSpec::new(queue, batch.clone(), handler);
     spec.concurrency = 1;
-    spec.batch_size = records.len().max(1);
     spec.control = control;
     let margin = Duration::from_millis(1500).min(time_left / 4);
     let tree = QueueTree::start(spec).await?;

@@ -154,6 +154,11 @@ impl Source for LambdaBatch {
         Ok(())
     }
 
+    /// The whole invocation is one batch: the mapping already chose its size.
+    fn max_batch(&self) -> usize {
+        self.order.len().max(1)
+    }
+
     fn visibility_timeout(&self) -> Duration {
         self.visibility_timeout
     }
