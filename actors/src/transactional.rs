@@ -4,18 +4,28 @@
 //! 1. Parse each message against the `transactional-email` v1 contract; a malformed one is
 //!    poison and goes to the dead-letter queue at once, with the reason.
 //! 2. Claim: one statement moves every `queued` row of the batch to `sending` with a lease and
-//!    returns every row's state, its contact's suppression flags and its client's fallback
-//!    sender. Rows already terminal are acknowledged; a payload that does not match its row
-//!    fails the row (`queue_payload_mismatch`); a row another delivery holds is retried.
+//!    a fresh lease token, and returns every row's state, its contact's suppression flags and
+//!    its client's fallback sender. Rows already terminal are acknowledged; a payload that does
+//!    not match its row fails the row (`queue_payload_mismatch`); a row another delivery holds
+//!    is **deferred until its lease ends** (never counted, never dead-lettered).
 //! 3. A `sending` row whose lease has expired (its worker died between SES and the database)
-//!    is reclaimed and reconciled first: if the mailer can tell it was sent, it is recorded as
-//!    sent without sending again; otherwise it is sent again (at-least-once, see
-//!    docs/architecture.md).
+//!    is reclaimed (new token) and reconciled against the send ledger first: if the provider
+//!    accepted it, it is recorded as sent without sending again. For SES the ledger learns
+//!    from `Send` events, so a row is reclaimed only [`Sender::ledger_delay`] after its lease
+//!    ended; before that it is deferred.
 //! 4. Hard suppression is re-checked at send time: a contact that bounced or complained since
 //!    the API accepted the message is skipped, not mailed.
 //! 5. Send the rest through the shared sender (transactional lane: first in the SES budget).
-//! 6. Record every result in one statement (row state + its event). If that write fails, the
-//!    rows stay `sending` under their lease, so a redelivery does not send them again.
+//!    Once the batch's context says stop (deadline, shutdown), nothing new is sent: the rows
+//!    not sent are released back to `queued` and their messages deferred.
+//! 6. Record every result in one statement (row state + its event), fenced by the lease token:
+//!    a holder whose lease was taken over records nothing. If that write fails, the rows stay
+//!    `sending` under their lease, so a redelivery does not send them again.
+//!
+//! Errors that say SES or Postgres is down answer `Unavailable` (the tree's circuit breaker
+//! pauses instead of dead-lettering); when the runtime gives up on a message after its last
+//! receive, [`Handler::gave_up`] marks its row `failed` (`retries_exhausted`) so maintenance
+//! does not bring it back forever.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,9 +34,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::Utc;
 use datamailer_core::contracts::TransactionalEmailV1;
-use datamailer_runtime::db::Db;
+use datamailer_runtime::db::{self, Db};
+use datamailer_runtime::ledger::{SendLedger, ID_TAG, KIND_TAG};
 use datamailer_runtime::mailer::{Lane, OutgoingEmail, Part, SendError, Sender};
-use datamailer_runtime::{Delivery, Handler, Outcome};
+use datamailer_runtime::{Delivery, Handler, HandlerContext, Outcome};
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 
@@ -51,15 +62,20 @@ impl Default for TransactionalSettings {
     }
 }
 
+/// The send ledger's `kind` (and the `datamailer_kind` tag) of transactional sends.
+pub const KIND: &str = "transactional";
+
 pub struct TransactionalHandler {
     db: Db,
     sender: Sender,
+    ledger: SendLedger,
     settings: TransactionalSettings,
 }
 
 impl TransactionalHandler {
     pub fn new(db: Db, sender: Sender, settings: TransactionalSettings) -> Self {
         Self {
+            ledger: SendLedger::new(db.clone()),
             db,
             sender,
             settings,
@@ -73,8 +89,11 @@ struct Row {
     found: bool,
     matches: bool,
     status: String,
-    lease_expired: bool,
+    /// Seconds until the row's lease ends (negative once it has ended).
+    lease_left: f64,
     claimed: bool,
+    /// The lease token of our claim, when we hold the row.
+    token: Option<String>,
     client_id: i64,
     idempotency_key: String,
     email: String,
@@ -91,6 +110,8 @@ struct Row {
 /// What happened to a row, to be written in the record statement.
 struct Recorded {
     id: i64,
+    /// Our claim's token (None for a row we never claimed: only a `queued` row is changed).
+    token: Option<String>,
     status: &'static str,
     ses_message_id: String,
     error: String,
@@ -105,39 +126,46 @@ WITH input AS (
 claimed AS (
     UPDATE transactional_messages m
     SET status = 'sending', lease_expires_at = now() + make_interval(secs => $4),
+        lease_token = gen_random_uuid(),
         send_attempts = m.send_attempts + 1, last_error = '', updated_at = now()
     FROM input i
     WHERE m.id = i.id AND m.client_id = i.client_id AND m.idempotency_key = i.idempotency_key
       AND m.status = 'queued'
-    RETURNING m.id
+    RETURNING m.id, m.lease_token
 )
 SELECT i.id, m.id IS NOT NULL,
        coalesce(m.client_id = i.client_id AND m.idempotency_key = i.idempotency_key, false),
-       coalesce(m.status, ''), coalesce(m.lease_expires_at < now(), false), c.id IS NOT NULL,
+       coalesce(m.status, ''),
+       coalesce(extract(epoch FROM m.lease_expires_at - now())::float8, 0), c.id IS NOT NULL,
        coalesce(m.email, ''), coalesce(m.from_email, ''), coalesce(cl.default_from_email, ''),
        coalesce(m.subject, ''), coalesce(m.html_body, ''), coalesce(m.text_body, ''),
        coalesce(m.metadata, '{}'::jsonb),
-       coalesce(ct.hard_bounced_at IS NOT NULL, false), coalesce(ct.complained_at IS NOT NULL, false)
+       coalesce(ct.hard_bounced_at IS NOT NULL, false), coalesce(ct.complained_at IS NOT NULL, false),
+       c.lease_token::text
 FROM input i
 LEFT JOIN transactional_messages m ON m.id = i.id
 LEFT JOIN claimed c ON c.id = i.id
 LEFT JOIN contacts ct ON ct.id = m.contact_id
 LEFT JOIN clients cl ON cl.id = m.client_id";
 
-/// Takes over `sending` rows whose lease expired (their worker is gone).
+/// Takes over `sending` rows whose lease ended more than `$3` seconds ago (their worker is
+/// gone, and the provider's word about them has had time to arrive).
 const RECLAIM_SQL: &str = "
 UPDATE transactional_messages
-SET lease_expires_at = now() + make_interval(secs => $2), send_attempts = send_attempts + 1, updated_at = now()
-WHERE id = ANY($1) AND status = 'sending' AND lease_expires_at < now()
-RETURNING id";
+SET lease_expires_at = now() + make_interval(secs => $2), lease_token = gen_random_uuid(),
+    send_attempts = send_attempts + 1, updated_at = now()
+WHERE id = ANY($1) AND status = 'sending'
+  AND lease_expires_at < now() - make_interval(secs => $3)
+RETURNING id, lease_token::text";
 
-/// Records results: the row's new state and its event, in one statement. Only rows still in
-/// flight (`queued`/`sending`) change, so a late duplicate cannot undo a terminal state.
+/// Records results: the row's new state and its event, in one statement. Fenced: a claimed
+/// row changes only while our lease token is still its token (a holder whose lease was taken
+/// over writes nothing); an unclaimed row only while it is still `queued`.
 const RECORD_SQL: &str = "
 WITH r AS (
     SELECT u.*, $7::timestamptz AS at
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[])
-        AS u(id, status, ses_message_id, error, event_type, event_metadata)
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $8::text[])
+        AS u(id, status, ses_message_id, error, event_type, event_metadata, token)
 ),
 updated AS (
     UPDATE transactional_messages m
@@ -146,9 +174,12 @@ updated AS (
         sent_at = CASE WHEN r.status = 'sent' THEN r.at ELSE m.sent_at END,
         last_error = r.error,
         lease_expires_at = NULL,
+        lease_token = NULL,
         updated_at = now()
     FROM r
-    WHERE m.id = r.id AND m.status IN ('queued', 'sending')
+    WHERE m.id = r.id
+      AND CASE WHEN r.token IS NULL THEN m.status = 'queued'
+               ELSE m.status = 'sending' AND m.lease_token = r.token::uuid END
     RETURNING m.id, m.client_id, m.contact_id, r.event_type, r.event_metadata
 )
 INSERT INTO email_events (transactional_message_id, client_id, contact_id, event_type, metadata)
@@ -156,7 +187,7 @@ SELECT id, client_id, contact_id, event_type, event_metadata FROM updated WHERE 
 
 #[async_trait]
 impl Handler for TransactionalHandler {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+    async fn handle(&self, ctx: &HandlerContext, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         // The first message per row id is handled; duplicates in the same batch share its fate.
         let mut first_for_id: HashMap<i64, usize> = HashMap::new();
@@ -179,7 +210,7 @@ impl Handler for TransactionalHandler {
             }
         }
         if !payloads.is_empty() {
-            match self.process(&payloads).await {
+            match self.process(ctx, &payloads).await {
                 Ok(results) => {
                     for (i, o) in results {
                         outcomes[i] = Some(o);
@@ -187,8 +218,13 @@ impl Handler for TransactionalHandler {
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
+                    let down = db::is_unavailable(&e);
                     for (i, _) in &payloads {
-                        outcomes[*i] = Some(Outcome::Retry(why.clone()));
+                        outcomes[*i] = Some(if down {
+                            Outcome::Unavailable(why.clone())
+                        } else {
+                            Outcome::Retry(why.clone())
+                        });
                     }
                 }
             }
@@ -201,11 +237,61 @@ impl Handler for TransactionalHandler {
             .map(|o| o.unwrap_or(Outcome::Retry("not handled".into())))
             .collect()
     }
+
+    /// Rows whose message the runtime dead-letters after its last receive: `failed` with the
+    /// reason, unless something else already finished (or holds) them.
+    async fn gave_up(&self, _ctx: &HandlerContext, messages: &[(Delivery, String)]) {
+        let (ids, reasons): (Vec<i64>, Vec<String>) = messages
+            .iter()
+            .filter_map(|(d, why)| {
+                Some((
+                    TransactionalEmailV1::parse(&d.body)
+                        .ok()?
+                        .transactional_message_id,
+                    why.clone(),
+                ))
+            })
+            .unzip();
+        if ids.is_empty() {
+            return;
+        }
+        let result = async {
+            self.db
+                .get()
+                .await?
+                .execute(GAVE_UP_SQL, &params(&[&ids, &reasons]))
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(
+                error = format!("{e:#}"),
+                ?ids,
+                "could not mark rows failed after their last retry"
+            );
+        }
+    }
 }
+
+/// Rows given up on: `failed` (`retries_exhausted`) with the last error, and their event.
+const GAVE_UP_SQL: &str = "
+WITH g AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS g(id, reason)),
+failed AS (
+    UPDATE transactional_messages m
+    SET status = 'failed', last_error = g.reason, lease_expires_at = NULL, lease_token = NULL,
+        updated_at = now()
+    FROM g WHERE m.id = g.id AND m.status = 'queued'
+    RETURNING m.id, m.client_id, m.contact_id, g.reason
+)
+INSERT INTO email_events (transactional_message_id, client_id, contact_id, event_type, metadata)
+SELECT id, client_id, contact_id, 'failed', jsonb_build_object('reason', 'retries_exhausted', 'error', reason)
+FROM failed";
 
 impl TransactionalHandler {
     async fn process(
         &self,
+        ctx: &HandlerContext,
         payloads: &[(usize, TransactionalEmailV1)],
     ) -> anyhow::Result<Vec<(usize, Outcome)>> {
         let ids: Vec<i64> = payloads
@@ -218,6 +304,7 @@ impl TransactionalHandler {
             .map(|(_, p)| p.idempotency_key.clone())
             .collect();
         let lease = self.settings.lease.as_secs_f64();
+        let grace = self.sender.ledger_delay().as_secs_f64();
 
         let conn = self
             .db
@@ -238,7 +325,7 @@ impl TransactionalHandler {
                 found: r.get(1),
                 matches: r.get(2),
                 status: r.get(3),
-                lease_expired: r.get(4),
+                lease_left: r.get(4),
                 claimed: r.get(5),
                 email: r.get(6),
                 from_email: r.get(7),
@@ -249,6 +336,7 @@ impl TransactionalHandler {
                 metadata: r.get(12),
                 hard_bounced: r.get(13),
                 complained: r.get(14),
+                token: r.get(15),
                 client_id: 0,
                 idempotency_key: String::new(),
             })
@@ -261,15 +349,16 @@ impl TransactionalHandler {
             }
         }
 
-        // Rows orphaned in `sending` past their lease: take them over, then reconcile.
+        // Rows orphaned in `sending` whose lease (plus the ledger's delay) has ended: take
+        // them over, then reconcile.
         let expired: Vec<i64> = rows
             .values()
-            .filter(|r| r.found && r.matches && r.status == "sending" && r.lease_expired)
+            .filter(|r| r.found && r.matches && r.status == "sending" && r.lease_left + grace < 0.0)
             .map(|r| r.id)
             .collect();
         if !expired.is_empty() {
             let reclaimed = conn
-                .query(RECLAIM_SQL, &params(&[&expired, &lease]))
+                .query(RECLAIM_SQL, &params(&[&expired, &lease, &grace]))
                 .await
                 .context("reclaiming expired leases")?;
             for r in reclaimed {
@@ -277,6 +366,7 @@ impl TransactionalHandler {
                 if let Some(row) = rows.get_mut(&id) {
                     tracing::warn!(id, "reclaiming a transactional message whose lease expired");
                     row.claimed = true;
+                    row.token = r.get(1);
                 }
             }
         }
@@ -302,6 +392,7 @@ impl TransactionalHandler {
                     "queue payload does not match transactional message client_id/idempotency_key";
                 records.push(Recorded {
                     id,
+                    token: None,
                     status: "failed",
                     ses_message_id: String::new(),
                     error: error.into(),
@@ -315,11 +406,17 @@ impl TransactionalHandler {
                 });
                 outcomes.push((*i, Outcome::Ack));
             } else if !row.claimed {
+                // Another delivery holds the row: wait for its lease (and the ledger's word)
+                // to end, then this message takes over if the holder never finished.
+                let wait = (row.lease_left + grace).max(0.0) + 1.0;
                 outcomes.push((
                     *i,
-                    Outcome::Retry(format!(
-                        "transactional message {id} is being sent by another delivery"
-                    )),
+                    Outcome::Defer {
+                        reason: format!(
+                            "transactional message {id} is being sent by another delivery"
+                        ),
+                        delay: Duration::from_secs_f64(wait),
+                    },
                 ));
             } else if row.hard_bounced || row.complained {
                 let reason = if row.hard_bounced {
@@ -329,6 +426,7 @@ impl TransactionalHandler {
                 };
                 records.push(Recorded {
                     id,
+                    token: row.token.clone(),
                     status: "skipped",
                     ses_message_id: String::new(),
                     error: reason.into(),
@@ -344,15 +442,17 @@ impl TransactionalHandler {
             }
         }
 
-        // Reconcile reclaimed rows: the mailer may know they were accepted already.
+        // Reconcile reclaimed rows: the provider may have accepted them already.
         if !reconcile.is_empty() {
-            let found = self
-                .sender
-                .find_sent("datamailer_message_id", &reconcile)
-                .await;
+            let found = self.ledger.accepted(KIND, &reconcile).await?;
             to_send.retain(|(i, id, _)| match found.get(id) {
                 Some(ses_id) => {
-                    records.push(sent_record(*id, ses_id.clone(), now));
+                    records.push(sent_record(
+                        *id,
+                        rows[id].token.clone(),
+                        ses_id.clone(),
+                        now,
+                    ));
                     outcomes.push((*i, Outcome::Ack));
                     false
                 }
@@ -361,17 +461,22 @@ impl TransactionalHandler {
         }
 
         let emails: Vec<OutgoingEmail> = to_send.iter().map(|(_, _, e)| e.clone()).collect();
-        let results = self.sender.send_batch(Lane::Transactional, &emails).await;
+        let results = self
+            .sender
+            .send_batch(Lane::Transactional, &emails, ctx)
+            .await;
         let mut sent_indices = Vec::new();
         for ((i, id, _), result) in to_send.iter().zip(results) {
+            let token = rows[id].token.clone();
             match result {
                 Ok(receipt) => {
-                    records.push(sent_record(*id, receipt.message_id, now));
+                    records.push(sent_record(*id, token, receipt.message_id, now));
                     sent_indices.push(*i);
                 }
                 Err(e @ SendError::Permanent { .. }) => {
                     records.push(Recorded {
                         id: *id,
+                        token,
                         status: "failed",
                         ses_message_id: String::new(),
                         error: e.to_string(),
@@ -381,16 +486,19 @@ impl TransactionalHandler {
                     outcomes.push((*i, Outcome::Ack));
                 }
                 Err(e) => {
-                    // Transient: give the row back to `queued` (no event) and retry the message.
+                    // Not sent: give the row back to `queued` (no event) and let the message
+                    // come back: at once when we stopped before sending it, after the tree's
+                    // backoff when SES failed.
                     records.push(Recorded {
                         id: *id,
+                        token,
                         status: "queued",
                         ses_message_id: String::new(),
                         error: e.to_string(),
                         event_type: None,
                         event_metadata: Value::Null,
                     });
-                    outcomes.push((*i, Outcome::Retry(e.to_string())));
+                    outcomes.push((*i, not_sent_outcome(&e)));
                 }
             }
         }
@@ -405,12 +513,20 @@ impl TransactionalHandler {
                     "recording transactional results failed"
                 );
                 let why = format!("recording the send result failed: {e:#}");
-                outcomes.retain(|(_, o)| matches!(o, Outcome::Retry(_)));
-                let retried: std::collections::HashSet<usize> =
+                let down = db::is_unavailable(&e);
+                outcomes.retain(|(_, o)| !matches!(o, Outcome::Ack));
+                let kept: std::collections::HashSet<usize> =
                     outcomes.iter().map(|(i, _)| *i).collect();
                 for (i, _) in payloads {
-                    if !retried.contains(i) {
-                        outcomes.push((*i, Outcome::Retry(why.clone())));
+                    if !kept.contains(i) {
+                        outcomes.push((
+                            *i,
+                            if down {
+                                Outcome::Unavailable(why.clone())
+                            } else {
+                                Outcome::Retry(why.clone())
+                            },
+                        ));
                     }
                 }
             }
@@ -429,6 +545,7 @@ impl TransactionalHandler {
         let errors: Vec<&str> = records.iter().map(|r| r.error.as_str()).collect();
         let event_types: Vec<Option<&str>> = records.iter().map(|r| r.event_type).collect();
         let metas: Vec<&Value> = records.iter().map(|r| &r.event_metadata).collect();
+        let tokens: Vec<Option<&str>> = records.iter().map(|r| r.token.as_deref()).collect();
         let mut last_error = None;
         for attempt in 0..3u32 {
             if attempt > 0 {
@@ -447,6 +564,7 @@ impl TransactionalHandler {
                         &event_types,
                         &metas,
                         &now,
+                        &tokens,
                     ]),
                 )
                 .await?;
@@ -504,8 +622,8 @@ impl TransactionalHandler {
             headers,
             parts,
             tags: vec![
-                ("datamailer_kind".into(), "transactional".into()),
-                ("datamailer_message_id".into(), row.id.to_string()),
+                (KIND_TAG.into(), KIND.into()),
+                (ID_TAG.into(), row.id.to_string()),
             ],
             configuration_set: self.settings.configuration_set.clone(),
         }
@@ -518,9 +636,29 @@ fn params<'a>(p: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
     p.to_vec()
 }
 
-fn sent_record(id: i64, ses_message_id: String, at: chrono::DateTime<Utc>) -> Recorded {
+/// What an unsent message's outcome is: deferred (uncounted) when we stopped before sending
+/// it, `Unavailable` when SES or the network failed (the tree's breaker decides), a plain
+/// retry otherwise.
+fn not_sent_outcome(e: &SendError) -> Outcome {
+    match e {
+        SendError::NotAttempted { reason } => Outcome::Defer {
+            reason: reason.clone(),
+            delay: Duration::ZERO,
+        },
+        e if e.is_downstream() => Outcome::Unavailable(e.to_string()),
+        e => Outcome::Retry(e.to_string()),
+    }
+}
+
+fn sent_record(
+    id: i64,
+    token: Option<String>,
+    ses_message_id: String,
+    at: chrono::DateTime<Utc>,
+) -> Recorded {
     Recorded {
         id,
+        token,
         status: "sent",
         event_metadata: json!({"ses_message_id": ses_message_id, "sent_at": datamailer_core::time::iso(at)}),
         ses_message_id,
@@ -529,26 +667,50 @@ fn sent_record(id: i64, ses_message_id: String, at: chrono::DateTime<Utc>) -> Re
     }
 }
 
-/// Rows no queue message will bring back, as fresh queue payloads: `queued` rows idle for
-/// `older_than` (their post-commit SQS send failed, or their message was dead-lettered) and
-/// `sending` rows whose lease expired (their worker died). Re-enqueueing is always safe: the
-/// claim is atomic and a duplicate message for a finished row is simply acknowledged.
+/// Rows no queue message will bring back: `queued` rows idle for `older_than` (their
+/// post-commit SQS send failed, or their message was lost) and `sending` rows whose lease (and
+/// the ledger's delay) ended (their worker died and no redelivery came). Each is touched
+/// (`updated_at`) as it is picked, so a row is re-enqueued at most once per `older_than`;
+/// re-enqueueing is always safe: the claim is atomic and a duplicate message for a finished
+/// row is simply acknowledged. With `dry_run` nothing is touched.
 pub async fn stale_payloads(
     db: &Db,
     older_than: Duration,
+    ledger_delay: Duration,
     limit: i64,
+    dry_run: bool,
 ) -> anyhow::Result<Vec<TransactionalEmailV1>> {
+    const STALE: &str = "
+        SELECT id FROM transactional_messages
+        WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+           OR (status = 'sending' AND lease_expires_at < now() - make_interval(secs => $2)
+               AND updated_at < now() - make_interval(secs => $1))
+        ORDER BY id LIMIT $3";
+    let sql = if dry_run {
+        format!(
+            "WITH s AS ({STALE})
+             SELECT m.id, m.client_id, m.idempotency_key, m.contact_id, m.template_id, m.template_key, m.metadata
+             FROM transactional_messages m JOIN s USING (id) ORDER BY m.id"
+        )
+    } else {
+        format!(
+            "WITH s AS ({STALE} FOR UPDATE SKIP LOCKED)
+             UPDATE transactional_messages m SET updated_at = now() FROM s WHERE m.id = s.id
+             RETURNING m.id, m.client_id, m.idempotency_key, m.contact_id, m.template_id, m.template_key, m.metadata"
+        )
+    };
     let conn = db.get().await?;
-    let rows = conn
+    let mut rows = conn
         .query(
-            "SELECT id, client_id, idempotency_key, contact_id, template_id, template_key, metadata
-             FROM transactional_messages
-             WHERE (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
-                OR (status = 'sending' AND lease_expires_at < now())
-             ORDER BY id LIMIT $2",
-            &params(&[&older_than.as_secs_f64(), &limit]),
+            &sql,
+            &params(&[
+                &older_than.as_secs_f64(),
+                &ledger_delay.as_secs_f64(),
+                &limit,
+            ]),
         )
         .await?;
+    rows.sort_by_key(|r| r.get::<_, i64>(0));
     Ok(rows
         .iter()
         .map(|r| TransactionalEmailV1 {
@@ -561,4 +723,58 @@ pub async fn stale_payloads(
             metadata: r.get::<_, Value>(6).as_object().cloned(),
         })
         .collect())
+}
+
+/// Maintenance: re-enqueue the rows [`stale_payloads`] finds, every minute.
+pub struct RequeueStaleRows {
+    pub db: Db,
+    pub producer: datamailer_runtime::producer::Producer,
+    pub ledger_delay: Duration,
+    /// How long a `queued` row may sit untouched before it counts as stale.
+    pub older_than: Duration,
+    pub limit: i64,
+}
+
+impl RequeueStaleRows {
+    /// The queue the rows' messages go to.
+    pub const QUEUE: &'static str = "transactional-email";
+}
+
+#[async_trait]
+impl datamailer_runtime::maintenance::MaintenanceTask for RequeueStaleRows {
+    fn name(&self) -> &'static str {
+        "transactional-stale-rows"
+    }
+
+    fn every(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    async fn run(
+        &self,
+        _ctx: &HandlerContext,
+    ) -> anyhow::Result<datamailer_runtime::maintenance::TaskReport> {
+        let stale = stale_payloads(
+            &self.db,
+            self.older_than,
+            self.ledger_delay,
+            self.limit,
+            false,
+        )
+        .await?;
+        let ids: Vec<i64> = stale.iter().map(|p| p.transactional_message_id).collect();
+        let bodies: Vec<String> = stale.iter().map(|p| p.to_json()).collect();
+        self.producer
+            .enqueue(&self.db, Self::QUEUE, bodies)
+            .await
+            .context("re-enqueueing stale transactional messages")?;
+        Ok(datamailer_runtime::maintenance::TaskReport {
+            acted_on: ids.len() as u64,
+            detail: if ids.is_empty() {
+                "nothing stale".into()
+            } else {
+                format!("re-enqueued {} message(s): {ids:?}", ids.len())
+            },
+        })
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datamailer_actors::transactional::RequeueStaleRows;
 use datamailer_actors::{TransactionalHandler, TransactionalSettings};
 use datamailer_core::contracts::TransactionalEmailV1;
 use datamailer_runtime::db::{Db, PoolSettings};
@@ -17,7 +18,9 @@ use datamailer_runtime::mailer::capture::CaptureMailer;
 use datamailer_runtime::mailer::{
     Mailer, OutgoingEmail, SendError, SendLimiter, SendReceipt, Sender,
 };
-use datamailer_runtime::{Delivery, Handler, Outcome};
+use datamailer_runtime::maintenance::MaintenanceTask;
+use datamailer_runtime::producer::Producer;
+use datamailer_runtime::{Delivery, Handler, HandlerContext, Outcome};
 use datamailer_testkit::TestDb;
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
@@ -154,6 +157,11 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
+/// A batch context that never stops.
+fn ctx() -> HandlerContext {
+    HandlerContext::unbounded(5)
+}
+
 fn delivery(body: &str) -> Delivery {
     Delivery {
         id: format!("msg-{}", rand_suffix()),
@@ -208,7 +216,7 @@ async fn sends_the_persisted_message_and_records_it() {
         .await
         .unwrap();
 
-    let outcomes = f.capture_handler().handle(&[delivery(&body)]).await;
+    let outcomes = f.capture_handler().handle(&ctx(), &[delivery(&body)]).await;
     assert_eq!(outcomes, vec![Outcome::Ack]);
 
     let captured = f.captured().await;
@@ -232,7 +240,7 @@ async fn sends_the_persisted_message_and_records_it() {
     );
     assert_eq!(c.get::<Value, _>("reply_to"), json!(["help@example.com"]));
     assert_eq!(
-        c.get::<Value, _>("tags")["datamailer_message_id"],
+        c.get::<Value, _>("tags")["datamailer_id"],
         json!(id.to_string())
     );
 
@@ -265,7 +273,7 @@ async fn headers_and_parts_make_a_raw_message() {
     });
     let (_, body) = f.queued("raw@example.com", meta).await;
     assert_eq!(
-        f.capture_handler().handle(&[delivery(&body)]).await,
+        f.capture_handler().handle(&ctx(), &[delivery(&body)]).await,
         vec![Outcome::Ack]
     );
     let raw: String = f.captured().await[0]
@@ -291,7 +299,7 @@ async fn a_duplicate_delivery_of_a_finished_row_is_acknowledged_without_sending(
             .await
             .unwrap();
         assert_eq!(
-            f.capture_handler().handle(&[delivery(&body)]).await,
+            f.capture_handler().handle(&ctx(), &[delivery(&body)]).await,
             vec![Outcome::Ack],
             "{status}"
         );
@@ -309,7 +317,7 @@ async fn a_payload_that_does_not_match_its_row_fails_the_row() {
     payload.idempotency_key = "someone-else".into();
     let outcomes = f
         .capture_handler()
-        .handle(&[delivery(&payload.to_json())])
+        .handle(&ctx(), &[delivery(&payload.to_json())])
         .await;
     assert_eq!(outcomes, vec![Outcome::Ack]);
     let row = f.row(id).await;
@@ -334,9 +342,13 @@ async fn a_transient_ses_error_returns_the_row_to_queued_and_retries() {
         code: "ConnectionError".into(),
         message: "Could not connect to the endpoint URL".into(),
     })]);
-    let outcomes = f.scripted_handler(mailer).handle(&[delivery(&body)]).await;
+    let outcomes = f
+        .scripted_handler(mailer)
+        .handle(&ctx(), &[delivery(&body)])
+        .await;
+    // Not this message's fault: the tree's circuit breaker decides how it is retried.
     assert!(
-        matches!(&outcomes[0], Outcome::Retry(why) if why.contains("Could not connect")),
+        matches!(&outcomes[0], Outcome::Unavailable(why) if why.contains("Could not connect")),
         "{outcomes:?}"
     );
     let row = f.row(id).await;
@@ -361,7 +373,9 @@ async fn a_permanent_ses_error_fails_the_row_and_acknowledges() {
         message: "Address rejected".into(),
     })]);
     assert_eq!(
-        f.scripted_handler(mailer).handle(&[delivery(&body)]).await,
+        f.scripted_handler(mailer)
+            .handle(&ctx(), &[delivery(&body)])
+            .await,
         vec![Outcome::Ack]
     );
     let row = f.row(id).await;
@@ -394,7 +408,7 @@ async fn a_send_whose_record_failed_is_not_sent_again() {
     .unwrap();
     let mailer = ScriptedMailer::answering(vec![]);
     let handler = f.scripted_handler(mailer.clone());
-    let outcomes = handler.handle(&[delivery(&body)]).await;
+    let outcomes = handler.handle(&ctx(), &[delivery(&body)]).await;
     assert!(
         matches!(&outcomes[0], Outcome::Retry(why) if why.contains("recording the send result failed")),
         "{outcomes:?}"
@@ -402,9 +416,13 @@ async fn a_send_whose_record_failed_is_not_sent_again() {
     assert_eq!(mailer.sent.lock().unwrap().len(), 1);
     assert_eq!(f.row(id).await.get::<String, _>("status"), "sending");
 
-    // The redelivery finds the row claimed under its lease: no second send, no event.
-    let again = handler.handle(&[delivery(&body)]).await;
-    assert!(matches!(&again[0], Outcome::Retry(_)), "{again:?}");
+    // The redelivery finds the row claimed under its lease: no second send, no event; it
+    // waits (uncounted) for the lease to end.
+    let again = handler.handle(&ctx(), &[delivery(&body)]).await;
+    assert!(
+        matches!(&again[0], Outcome::Defer { delay, .. } if *delay > Duration::from_secs(890)),
+        "{again:?}"
+    );
     assert_eq!(mailer.sent.lock().unwrap().len(), 1, "sent twice");
     assert!(f.events(id).await.is_empty());
     f.test_db.drop_db().await;
@@ -416,7 +434,9 @@ async fn an_expired_lease_is_reconciled_before_sending_again() {
     // Row A: its worker died after the capture mailer accepted it.
     let (a, body_a) = f.queued("a@example.com", json!({})).await;
     assert_eq!(
-        f.capture_handler().handle(&[delivery(&body_a)]).await,
+        f.capture_handler()
+            .handle(&ctx(), &[delivery(&body_a)])
+            .await,
         vec![Outcome::Ack]
     );
     sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', lease_expires_at = now() - interval '1 minute' WHERE id = $1")
@@ -434,7 +454,7 @@ async fn an_expired_lease_is_reconciled_before_sending_again() {
 
     let outcomes = f
         .capture_handler()
-        .handle(&[delivery(&body_a), delivery(&body_b)])
+        .handle(&ctx(), &[delivery(&body_a), delivery(&body_b)])
         .await;
     assert_eq!(outcomes, vec![Outcome::Ack, Outcome::Ack]);
     let captured = f.captured().await;
@@ -471,7 +491,7 @@ async fn suppression_is_rechecked_at_send_time() {
         .await
         .unwrap();
     assert_eq!(
-        f.capture_handler().handle(&[delivery(&body)]).await,
+        f.capture_handler().handle(&ctx(), &[delivery(&body)]).await,
         vec![Outcome::Ack]
     );
     assert!(
@@ -529,7 +549,7 @@ async fn a_mixed_batch_settles_each_message_on_its_own() {
         delivery(r#"{"contract":"transactional-email","version":1,"client_id":1}"#),
         delivery(&missing),
     ];
-    let outcomes = f.scripted_handler(mailer).handle(&batch).await;
+    let outcomes = f.scripted_handler(mailer).handle(&ctx(), &batch).await;
     assert_eq!(outcomes[0], Outcome::Ack);
     assert!(
         matches!(&outcomes[1], Outcome::DeadLetter(why) if why.contains("not valid JSON")),
@@ -537,7 +557,7 @@ async fn a_mixed_batch_settles_each_message_on_its_own() {
         outcomes[1]
     );
     assert!(
-        matches!(&outcomes[2], Outcome::Retry(why) if why.contains("TooManyRequests")),
+        matches!(&outcomes[2], Outcome::Unavailable(why) if why.contains("TooManyRequests")),
         "{:?}",
         outcomes[2]
     );
@@ -557,29 +577,83 @@ async fn a_mixed_batch_settles_each_message_on_its_own() {
 }
 
 #[tokio::test]
-async fn the_sweeper_finds_rows_no_message_will_bring_back() {
+async fn maintenance_re_enqueues_rows_no_message_will_bring_back_once_per_interval() {
     let Some(f) = fixture().await else { return };
     let (stale, _) = f.queued("stale@example.com", json!({})).await;
     let (_fresh, _) = f.queued("fresh@example.com", json!({})).await;
     let (orphan, _) = f.queued("orphan@example.com", json!({})).await;
+    let (held, _) = f.queued("held@example.com", json!({})).await;
     sqlx::query("UPDATE transactional_messages SET updated_at = now() - interval '10 minutes' WHERE id = $1")
         .bind(stale)
         .execute(f.pool())
         .await
         .unwrap();
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_expires_at = now() - interval '1 second' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_expires_at = now() - interval '1 second', updated_at = now() - interval '20 minutes' WHERE id = $1")
         .bind(orphan)
         .execute(f.pool())
         .await
         .unwrap();
-    let found =
-        datamailer_actors::transactional::stale_payloads(&f.db, Duration::from_secs(300), 100)
-            .await
-            .unwrap();
-    let ids: Vec<i64> = found.iter().map(|p| p.transactional_message_id).collect();
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_expires_at = now() + interval '10 minutes', updated_at = now() - interval '20 minutes' WHERE id = $1")
+        .bind(held)
+        .execute(f.pool())
+        .await
+        .unwrap();
+    let older_than = Duration::from_secs(300);
+    let dry = datamailer_actors::transactional::stale_payloads(
+        &f.db,
+        older_than,
+        Duration::ZERO,
+        100,
+        true,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<i64> = dry.iter().map(|p| p.transactional_message_id).collect();
     assert_eq!(ids, vec![stale, orphan]);
-    assert!(found
+    assert!(dry
         .iter()
         .all(|p| TransactionalEmailV1::parse(&p.to_json()).is_ok()));
+    // An orphan is left alone while the provider's word about it may still be coming.
+    let within_grace = datamailer_actors::transactional::stale_payloads(
+        &f.db,
+        older_than,
+        Duration::from_secs(60),
+        100,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        within_grace.len(),
+        1,
+        "only the queued row: {within_grace:?}"
+    );
+
+    let task = RequeueStaleRows {
+        db: f.db.clone(),
+        producer: Producer::Postgres,
+        ledger_delay: Duration::ZERO,
+        older_than,
+        limit: 100,
+    };
+    let report = task.run(&ctx()).await.unwrap();
+    assert_eq!(report.acted_on, 2, "{report:?}");
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM queue_messages WHERE queue = 'transactional-email' ORDER BY id",
+    )
+    .fetch_all(f.pool())
+    .await
+    .unwrap();
+    let queued: Vec<i64> = bodies
+        .iter()
+        .map(|b| {
+            TransactionalEmailV1::parse(b)
+                .unwrap()
+                .transactional_message_id
+        })
+        .collect();
+    assert_eq!(queued, vec![stale, orphan]);
+    // Picked rows are touched: the next minute's run does not enqueue them again.
+    assert_eq!(task.run(&ctx()).await.unwrap().acted_on, 0);
     f.test_db.drop_db().await;
 }

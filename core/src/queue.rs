@@ -1,8 +1,28 @@
-//! The four queues: their names, contract names, default concurrency and the
-//! environment variables that hold their SQS URLs.
+//! The four queues: their names, contract names, how their trees run ([`QueueSpec`]) and the
+//! environment variables that hold their SQS URLs. This is the one place those facts live:
+//! `serve`, `worker`, `lambda`, `pause`, `dlq`, the metrics and `validate-infra` read them
+//! here (the handlers are registered in `datamailer-actors`'s registry).
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
+
+/// How a queue's tree runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Handler workers per process; the reserved Lambda concurrency of the reference
+    /// deployment.
+    pub concurrency: usize,
+    /// Messages per worker batch (`None`: the source's maximum: 10 on SQS, 50 embedded).
+    pub batch_size: Option<usize>,
+    /// The embedded queue's visibility timeout (SQS queues carry their own).
+    pub visibility_timeout: Duration,
+    /// Receives before a failing message is dead-lettered (the SQS redrive policy's
+    /// `maxReceiveCount` is the same number).
+    pub max_receives: u32,
+    /// Whether its handler sends email (needs the SES client and the limiter).
+    pub needs_sender: bool,
+}
 
 /// One of the product's work queues. The queue name doubles as its contract name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,14 +51,37 @@ impl QueueName {
         }
     }
 
+    /// How this queue's tree runs.
+    pub fn spec(self) -> QueueSpec {
+        let base = QueueSpec {
+            concurrency: 1,
+            batch_size: None,
+            visibility_timeout: Duration::from_secs(180),
+            max_receives: 5,
+            needs_sender: false,
+        };
+        match self {
+            QueueName::TransactionalEmail => QueueSpec {
+                concurrency: 4,
+                needs_sender: true,
+                ..base
+            },
+            QueueName::CampaignEmail => QueueSpec {
+                concurrency: 2,
+                needs_sender: true,
+                ..base
+            },
+            QueueName::SesWebhooks => QueueSpec {
+                concurrency: 2,
+                ..base
+            },
+            QueueName::EmailEvents => base,
+        }
+    }
+
     /// Reserved Lambda concurrency of the reference deployment.
     pub fn default_concurrency(self) -> usize {
-        match self {
-            QueueName::TransactionalEmail => 4,
-            QueueName::CampaignEmail => 2,
-            QueueName::SesWebhooks => 2,
-            QueueName::EmailEvents => 1,
-        }
+        self.spec().concurrency
     }
 
     #[cfg(test)]

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::db::Db;
+use crate::events::control as events;
 
 /// The `contract` of a probe message.
 pub const PROBE_CONTRACT: &str = "datamailer-probe";
@@ -121,16 +122,11 @@ impl QueueControl {
                     .lock()
                     .unwrap()
                     .insert(queue.to_string(), (Instant::now(), paused));
-                metrics::gauge!("datamailer_queue_paused", "queue" => queue.to_string())
-                    .set(if paused { 1.0 } else { 0.0 });
+                events::paused_state(queue, paused);
                 paused
             }
             Err(e) => {
-                tracing::warn!(
-                    queue,
-                    error = format!("{e:#}"),
-                    "could not read the pause state; keeping the last known"
-                );
+                events::pause_state_unreadable(queue, &e);
                 cached.map(|(_, p)| p).unwrap_or(false)
             }
         }

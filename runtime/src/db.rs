@@ -1,7 +1,9 @@
 //! The worker side's Postgres pool: one per process, one hard cap shared by every tree.
 //!
 //! deadpool waits forever by default; we set wait, create and recycle timeouts so a saturated
-//! pool fails a message (which is retried) instead of hanging a worker.
+//! pool fails a message (which is retried) instead of hanging a worker. Below the pool, every
+//! worker connection runs with a `statement_timeout` (and an idle-in-transaction timeout), so a
+//! hung query cannot hold a worker, its connection and its hidden messages forever.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
 
+use crate::events::db as events;
 use crate::pg_tls;
 
 /// How the pool is sized and checked.
@@ -21,6 +24,8 @@ pub struct PoolSettings {
     /// processes may find their connections closed by the server.
     pub verify_on_recycle: bool,
     pub wait_timeout: Duration,
+    /// The server cancels any statement running longer than this.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -29,6 +34,7 @@ impl Default for PoolSettings {
             max_connections: 4,
             verify_on_recycle: false,
             wait_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -50,6 +56,17 @@ impl Db {
             // Lets operators (and the connection-cap test) tell worker connections apart.
             pg.application_name("datamailer-worker");
         }
+        // Appended to whatever `options` the URL carries; later settings win.
+        let timeouts = format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            settings.statement_timeout.as_millis(),
+            (settings.statement_timeout * 2).as_millis()
+        );
+        let options = match pg.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {timeouts}"),
+            _ => timeouts,
+        };
+        pg.options(&options);
         let recycling_method = if settings.verify_on_recycle {
             RecyclingMethod::Verified
         } else {
@@ -74,14 +91,13 @@ impl Db {
     pub async fn get(&self) -> Result<Object, PoolError> {
         let started = Instant::now();
         let conn = self.pool.get().await;
-        metrics::histogram!("datamailer_db_pool_wait_seconds")
-            .record(started.elapsed().as_secs_f64());
         let status = self.pool.status();
-        metrics::gauge!("datamailer_db_pool_connections", "state" => "open")
-            .set(status.size as f64);
-        metrics::gauge!("datamailer_db_pool_connections", "state" => "idle")
-            .set(status.available as f64);
-        metrics::gauge!("datamailer_db_pool_max_connections").set(status.max_size as f64);
+        events::pool_checked_out(
+            started.elapsed().as_secs_f64(),
+            status.size,
+            status.available,
+            status.max_size,
+        );
         conn
     }
 
@@ -97,4 +113,28 @@ impl Db {
     pub fn close(&self) {
         self.pool.close();
     }
+}
+
+/// True when `error` says the database is unreachable or overloaded (no connection, a broken
+/// one, a statement cancelled by its timeout, the server shutting down) rather than that a
+/// statement was wrong: a reason to pause a tree ([`crate::Outcome::Unavailable`]), not to fail
+/// a message.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if cause.downcast_ref::<PoolError>().is_some()
+            || cause.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        match cause.downcast_ref::<tokio_postgres::Error>() {
+            Some(e) if e.is_closed() => true,
+            Some(e) => e.code().is_some_and(|c| {
+                let c = c.code();
+                // 08: connection exception; 53: insufficient resources; 57: operator
+                // intervention (57014: statement timeout, 57P01..03: shutdown, recovery).
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+            }),
+            None => false,
+        }
+    })
 }

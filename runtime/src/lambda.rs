@@ -1,64 +1,106 @@
 //! Running a queue tree over one Lambda invocation's batch.
 //!
-//! Clients, pools and limiters are built once per execution environment (by the caller); each
-//! invocation starts a tree over its records and waits for it to drain before returning,
-//! because Lambda freezes the process afterwards. Work still running at the deadline (minus a
-//! safety margin) is stopped and its records are reported as failures.
+//! Clients, pools, limiters and the circuit breaker are built once per execution environment
+//! (by the caller); each invocation starts a tree over its records and waits for it to drain
+//! before returning, because Lambda freezes the process afterwards.
 //!
-//! A paused queue ([`crate::control`]) starts no tree: every record is hidden for
-//! [`LAMBDA_PAUSE_VISIBILITY`] and reported as a failure, so nothing is handled or lost and
-//! the event source mapping backs off.
+//! Deadlines: the invocation has `time_left`. At `time_left − stop_margin` (the soft
+//! deadline) handlers start no new send and release what they claimed, answering `Defer`;
+//! `stop_margin` is sized to let an SES call already in flight finish and its result be
+//! recorded (SES timeout + a few seconds). At `time_left − HARD_MARGIN` whatever still runs
+//! is stopped and its records are reported as failures.
+//!
+//! A paused queue ([`crate::control`]) or an open circuit breaker starts no tree: every record
+//! is handed back uncounted (it comes back after the pause or cooldown), so nothing is handled,
+//! lost or walked towards the DLQ.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::SqsMessage;
-
 use crate::control::{QueueControl, LAMBDA_PAUSE_VISIBILITY};
-use crate::source::lambda::{LambdaBatch, LambdaSqs};
-use crate::source::{Received, Source};
-use crate::tree::{Handler, QueueTree, TreeSpec};
+use crate::events::lambda as events;
+use crate::source::lambda::LambdaBatch;
+use crate::source::sqs::SqsTarget;
+use crate::source::Delivery;
+use crate::tree::{CircuitBreaker, Handler, QueueTree, TreeExit, TreeSpec};
 
-/// Runs `handler` over the records and returns the ids Lambda must retry.
-pub async fn run_invocation(
-    queue: &str,
-    handler: Arc<dyn Handler>,
-    records: &[SqsMessage],
-    sqs: Option<LambdaSqs>,
-    control: Option<Arc<QueueControl>>,
-    time_left: Duration,
-) -> anyhow::Result<Vec<String>> {
-    let batch = Arc::new(LambdaBatch::new(queue, records, sqs));
-    if let Some(control) = &control {
-        if control.is_paused(queue).await {
-            return Ok(hand_back(queue, &batch).await);
-        }
-    }
-    let mut spec = TreeSpec::new(queue, batch.clone(), handler);
-    spec.concurrency = 1;
-    spec.control = control;
-    let margin = Duration::from_millis(1500).min(time_left / 4);
-    let tree = QueueTree::start(spec).await?;
-    let exit = tree.wait_or_kill(time_left.saturating_sub(margin)).await;
-    tracing::info!(?exit, records = records.len(), "invocation finished");
-    Ok(batch.failures())
+/// Left at the end of an invocation for answering Lambda and flushing metrics.
+pub const HARD_MARGIN: Duration = Duration::from_secs(1);
+
+/// One invocation's work.
+pub struct Invocation {
+    pub queue: String,
+    pub handler: Arc<dyn Handler>,
+    pub records: Vec<Delivery>,
+    /// The queue the records came from (retries' delays, dead letters, copies); `None` for a
+    /// non-SQS event such as the maintenance schedule.
+    pub sqs: Option<SqsTarget>,
+    pub control: Option<Arc<QueueControl>>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    pub time_left: Duration,
+    /// How long before the deadline handlers stop starting new work.
+    pub stop_margin: Duration,
+    pub max_receives: u32,
 }
 
-/// A paused queue's batch: hide every record for a while and report them all as failures.
-async fn hand_back(queue: &str, batch: &LambdaBatch) -> Vec<String> {
-    if let Ok(Received::Messages(deliveries)) = batch.receive(usize::MAX).await {
-        if let Err(e) = batch.extend(&deliveries, LAMBDA_PAUSE_VISIBILITY).await {
-            // Still reported as failures: they come back after the queue's own timeout.
-            tracing::warn!(queue, error = %e, "could not delay the records of a paused queue");
+/// What an invocation did.
+#[derive(Debug)]
+pub struct InvocationResult {
+    /// Record ids Lambda must retry (`batchItemFailures`), in input order.
+    pub failures: Vec<String>,
+    pub exit: TreeExit,
+}
+
+/// Runs the handler over the records.
+pub async fn run_invocation(inv: Invocation) -> anyhow::Result<InvocationResult> {
+    let records = inv.records.len();
+    let batch = Arc::new(LambdaBatch::new(inv.records, inv.sqs));
+    if let Some(control) = &inv.control {
+        if control.is_paused(&inv.queue).await {
+            return Ok(
+                hand_back(&inv.queue, &batch, LAMBDA_PAUSE_VISIBILITY, "queue paused").await,
+            );
         }
-        metrics::counter!("datamailer_paused_handbacks_total", "queue" => queue.to_string())
-            .increment(deliveries.len() as u64);
     }
+    if let Some(breaker) = &inv.breaker {
+        let left = breaker.blocking_for();
+        if !left.is_zero() {
+            return Ok(hand_back(
+                &inv.queue,
+                &batch,
+                left,
+                "a dependency is down (circuit breaker open)",
+            )
+            .await);
+        }
+    }
+    let hard = inv.time_left.saturating_sub(HARD_MARGIN);
+    let soft = inv
+        .time_left
+        .saturating_sub(inv.stop_margin.min(inv.time_left / 2));
+    let mut spec = TreeSpec::new(inv.queue.clone(), batch.clone(), inv.handler);
+    spec.concurrency = 1;
+    spec.control = inv.control;
+    spec.breaker = inv.breaker;
+    spec.max_receives = inv.max_receives;
+    spec.deadline = Some(tokio::time::Instant::now() + soft);
+    let tree = QueueTree::start(spec).await?;
+    let exit = tree.wait_or_kill(hard).await;
     let failures = batch.failures();
-    tracing::warn!(
-        queue,
-        records = failures.len(),
-        "queue paused: every record handed back"
-    );
-    failures
+    events::invocation_finished(&inv.queue, records, failures.len(), &exit);
+    Ok(InvocationResult { failures, exit })
+}
+
+async fn hand_back(
+    queue: &str,
+    batch: &LambdaBatch,
+    delay: Duration,
+    why: &str,
+) -> InvocationResult {
+    let n = batch.hand_back_unreceived(delay, why).await;
+    events::handed_back(queue, n, why);
+    InvocationResult {
+        failures: batch.failures(),
+        exit: TreeExit::Drained,
+    }
 }

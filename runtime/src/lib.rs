@@ -8,12 +8,17 @@ pub mod control;
 pub mod db;
 pub mod events;
 pub mod lambda;
+pub mod ledger;
 pub mod mailer;
+pub mod maintenance;
 pub mod pg_tls;
 pub mod producer;
 pub mod source;
 pub mod telemetry;
 pub mod tree;
+pub mod writer;
 
 pub use source::{Delivery, Outcome};
-pub use tree::{Handler, QueueTree, RestartPolicy, TreeExit, TreeSpec, TreeStopper};
+pub use tree::{
+    Handler, HandlerContext, QueueTree, RestartPolicy, TreeExit, TreeSpec, TreeStopper,
+};

@@ -32,6 +32,30 @@ impl Producer {
         matches!(self, Producer::Postgres)
     }
 
+    /// Puts bodies on `queue` now, outside any caller transaction (maintenance re-enqueues,
+    /// `datamailer enqueue`).
+    pub async fn enqueue(
+        &self,
+        db: &crate::db::Db,
+        queue: &str,
+        bodies: Vec<String>,
+    ) -> anyhow::Result<()> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Producer::Postgres => {
+                db.get()
+                    .await?
+                    .execute(PG_ENQUEUE_MANY_SQL, &[&queue, &bodies])
+                    .await
+                    .with_context(|| format!("enqueueing on {queue}"))?;
+                Ok(())
+            }
+            Producer::Sqs(sqs) => sqs.send(queue, bodies).await,
+        }
+    }
+
     /// Sends bodies to `queue` after the caller's commit. A no-op for the embedded queue,
     /// whose messages were already written in the transaction.
     pub async fn send_after_commit(&self, queue: &str, bodies: Vec<String>) -> anyhow::Result<()> {

@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsMessage;
+use datamailer_runtime::lambda::{run_invocation, Invocation};
+use datamailer_runtime::source::lambda::deliveries;
 use datamailer_runtime::source::{Delivery, Outcome};
 use datamailer_runtime::telemetry::{self, EMF_NAMESPACE};
-use datamailer_runtime::Handler;
+use datamailer_runtime::{Handler, HandlerContext};
 use serde_json::Value;
 
 struct AckAll;
 
 #[async_trait]
 impl Handler for AckAll {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+    async fn handle(&self, _ctx: &HandlerContext, batch: &[Delivery]) -> Vec<Outcome> {
         batch
             .iter()
             .map(|d| {
@@ -62,16 +64,20 @@ fn find<'a>(docs: &'a [Value], metric: &str, queue: &str) -> Option<&'a Value> {
 async fn an_invocation_flushes_its_metrics_as_emf_lines() {
     telemetry::install_emf("datamailer-staging-transactional").unwrap();
     let records = [record("1", "a"), record("2", "b"), record("3", "poison")];
-    let failures = datamailer_runtime::lambda::run_invocation(
-        "transactional-email",
-        Arc::new(AckAll),
-        &records,
-        None,
-        None,
-        Duration::from_secs(5),
-    )
+    let failures = run_invocation(Invocation {
+        queue: "transactional-email".into(),
+        handler: Arc::new(AckAll),
+        records: deliveries(&records),
+        sqs: None,
+        control: None,
+        breaker: None,
+        time_left: Duration::from_secs(5),
+        stop_margin: Duration::from_secs(1),
+        max_receives: 5,
+    })
     .await
-    .unwrap();
+    .unwrap()
+    .failures;
     // No SQS client to dead-letter with: the poison record is reported as a failure.
     assert_eq!(failures, vec!["3".to_string()]);
 

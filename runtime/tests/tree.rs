@@ -13,10 +13,12 @@ use aws_lambda_events::event::sqs::SqsMessage;
 use datamailer_runtime::backoff::Backoff;
 use datamailer_runtime::control::{Probe, QueueControl};
 use datamailer_runtime::db::{Db, PoolSettings};
+use datamailer_runtime::lambda::{run_invocation, Invocation};
 use datamailer_runtime::producer::PG_ENQUEUE_MANY_SQL;
+use datamailer_runtime::source::lambda::deliveries;
 use datamailer_runtime::source::postgres::{list_dead_letters, redrive, PostgresQueue};
-use datamailer_runtime::source::{Delivery, Outcome, Received, Settlement, Source};
-use datamailer_runtime::{Handler, QueueTree, RestartPolicy, TreeExit, TreeSpec};
+use datamailer_runtime::source::{Delivery, Outcome, Received, SettleReport, Settlement, Source};
+use datamailer_runtime::{Handler, HandlerContext, QueueTree, RestartPolicy, TreeExit, TreeSpec};
 use datamailer_testkit::TestDb;
 
 const Q: &str = "test-queue";
@@ -83,7 +85,7 @@ where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send,
 {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+    async fn handle(&self, _ctx: &HandlerContext, batch: &[Delivery]) -> Vec<Outcome> {
         let mut out = Vec::new();
         for d in batch {
             out.push((self.0)(d.clone()).await);
@@ -282,10 +284,10 @@ async fn a_panic_fails_only_the_message_that_caused_it() {
     test_db.drop_db().await;
 }
 
-/// Wraps a source; can make `settle` fail (a worker crash) and tracks in-flight messages.
+/// Wraps a source; can make `settle` panic (a worker crash) and tracks in-flight messages.
 struct Instrumented {
     inner: PostgresQueue,
-    fail_settles: AtomicUsize,
+    panic_settles: AtomicUsize,
     outstanding: AtomicUsize,
     max_outstanding: AtomicUsize,
 }
@@ -294,7 +296,7 @@ impl Instrumented {
     fn new(inner: PostgresQueue) -> Self {
         Self {
             inner,
-            fail_settles: AtomicUsize::new(0),
+            panic_settles: AtomicUsize::new(0),
             outstanding: AtomicUsize::new(0),
             max_outstanding: AtomicUsize::new(0),
         }
@@ -317,11 +319,11 @@ impl Source for Instrumented {
     async fn extend(&self, d: &[Delivery], for_: Duration) -> anyhow::Result<()> {
         self.inner.extend(d, for_).await
     }
-    async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> anyhow::Result<()> {
+    async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> SettleReport {
         self.outstanding.fetch_sub(settled.len(), Ordering::SeqCst);
-        if self.fail_settles.load(Ordering::SeqCst) > 0 {
-            self.fail_settles.fetch_sub(1, Ordering::SeqCst);
-            anyhow::bail!("database went away while settling");
+        if self.panic_settles.load(Ordering::SeqCst) > 0 {
+            self.panic_settles.fetch_sub(1, Ordering::SeqCst);
+            panic!("a bug while settling");
         }
         self.inner.settle(settled).await
     }
@@ -339,19 +341,19 @@ async fn a_crashed_worker_is_restarted_and_its_batch_comes_back() {
     let source = Arc::new(Instrumented::new(
         queue(&db).with_visibility_timeout(Duration::from_secs(1)),
     ));
-    source.fail_settles.store(1, Ordering::SeqCst);
+    source.panic_settles.store(1, Ordering::SeqCst);
     let handler = FnHandler(|_d: Delivery| async { Outcome::Ack });
     let mut spec = spec(source.clone(), Arc::new(handler));
     spec.concurrency = 1;
     let tree = QueueTree::start(spec).await.unwrap();
-    // The first settle crashes the worker; after the visibility timeout the messages come back
-    // and the restarted worker acks them.
+    // The first settle panics and crashes the worker; after the visibility timeout the messages
+    // come back and the restarted worker acks them.
     eventually("every message is acked after the restart", || async {
         count(&db, "SELECT count(*) FROM queue_messages").await == 0
     })
     .await;
     assert_eq!(
-        source.fail_settles.load(Ordering::SeqCst),
+        source.panic_settles.load(Ordering::SeqCst),
         0,
         "the crash happened"
     );
@@ -369,7 +371,7 @@ async fn restarts_past_the_limit_fail_the_tree_loudly() {
     };
     enqueue(&db, (0..20).map(|i| format!("m{i}"))).await;
     let source = Arc::new(Instrumented::new(queue(&db)));
-    source.fail_settles.store(usize::MAX, Ordering::SeqCst);
+    source.panic_settles.store(usize::MAX, Ordering::SeqCst);
     let handler = FnHandler(|_d: Delivery| async { Outcome::Ack });
     let mut spec = spec(source, Arc::new(handler));
     spec.concurrency = 4;
@@ -680,16 +682,21 @@ async fn a_paused_lambda_invocation_hands_every_record_back() {
     datamailer_runtime::control::pause(&db, Q, "")
         .await
         .unwrap();
-    let failures = datamailer_runtime::lambda::run_invocation(
-        Q,
-        handler.clone(),
-        &records,
-        None,
-        Some(control.clone()),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let invocation = |handler: Arc<dyn Handler>, control: Arc<QueueControl>| Invocation {
+        queue: Q.into(),
+        handler,
+        records: deliveries(&records),
+        sqs: None,
+        control: Some(control),
+        breaker: None,
+        time_left: Duration::from_secs(5),
+        stop_margin: Duration::from_secs(1),
+        max_receives: 5,
+    };
+    let failures = run_invocation(invocation(handler.clone(), control.clone()))
+        .await
+        .unwrap()
+        .failures;
     assert_eq!(failures, vec!["1", "2", "3"]);
     assert!(
         !called.load(Ordering::SeqCst),
@@ -697,16 +704,10 @@ async fn a_paused_lambda_invocation_hands_every_record_back() {
     );
 
     datamailer_runtime::control::resume(&db, Q).await.unwrap();
-    let failures = datamailer_runtime::lambda::run_invocation(
-        Q,
-        handler,
-        &records,
-        None,
-        Some(control),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let failures = run_invocation(invocation(handler, control))
+        .await
+        .unwrap()
+        .failures;
     assert!(failures.is_empty(), "{failures:?}");
     assert!(called.load(Ordering::SeqCst));
     test_db.drop_db().await;

@@ -51,7 +51,7 @@ impl AppState {
     /// The transactional send writer (group commit), started on first use.
     pub(crate) fn send_writer(&self) -> &send_writer::SendWriter {
         self.writer
-            .get_or_init(|| send_writer::SendWriter::start(self.db.clone(), self.producer.clone()))
+            .get_or_init(|| send_writer::start(self.db.clone(), self.producer.clone()))
     }
 
     /// The database pool.

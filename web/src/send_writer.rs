@@ -1,50 +1,40 @@
-//! The transactional send writer: application-level group commit.
+//! The transactional send writer: the API's sends persisted by group commit.
 //!
-//! A commit costs one WAL flush (milliseconds on ordinary disks), so one transaction per
-//! request caps a pool of four connections at a few hundred sends per second. Instead, send
-//! handlers hand their validated, rendered and decided message to this writer; the writer takes
-//! every message waiting (up to [`MAX_BATCH`]) and persists them with ONE statement, atomic on
-//! its own: its CTEs upsert the contacts, insert the messages (`ON CONFLICT DO NOTHING` on the
-//! idempotency key), their events and, on the embedded queue, their queue messages. Under load
-//! batches grow by themselves; when idle a batch is one message and nothing waits for a timer.
+//! Send handlers hand their validated, rendered and decided message to a
+//! [`datamailer_runtime::writer::BatchWriter`] over [`SendSink`]; the writer takes every message
+//! waiting and persists them with ONE statement, atomic on its own: its CTEs upsert the
+//! contacts, insert the messages (`ON CONFLICT DO NOTHING` on the idempotency key), their events
+//! and, on the embedded queue, their queue messages. Batching, dedupe of repeated idempotency
+//! keys in a batch (a replay of the first), isolation of a failed batch and restarts are the
+//! runtime writer's.
 //!
 //! The queue body is built by `datamailer-core` with placeholder ids; the statement sets the
 //! message and contact ids it generated (`body::jsonb || {...}`), so the body needs no extra
 //! round trip. For SQS the bodies are built after the commit from the returned ids.
 //!
 //! Rows are written in a fixed order (contacts by normalized email, messages by
-//! (client, idempotency key)), so concurrent writers cannot deadlock each other. If a batch
-//! fails, each of its messages is retried alone, so one bad message fails only itself.
-
-use std::collections::HashSet;
-use std::sync::Arc;
+//! (client, idempotency key)), so concurrent writers cannot deadlock each other. The sink keeps
+//! one pooled connection while there is work (so writes never queue behind reads for a
+//! connection) and gives it back when the writer goes idle.
 
 use anyhow::Context;
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use datamailer_core::contracts::TransactionalEmailV1;
 use datamailer_core::transactional::DeliveryDecision;
 use datamailer_runtime::producer::Producer;
+use datamailer_runtime::writer::{BatchSink, BatchWriter, WriterSettings};
 use serde_json::{json, Map, Value};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::Mutex;
 
 /// The queue transactional messages go to.
 pub const QUEUE: &str = "transactional-email";
 /// Most messages persisted in one transaction.
 pub const MAX_BATCH: usize = 128;
-/// Writer tasks. Each keeps one pooled connection while there is work (so writes never queue
-/// behind reads for a connection) and gives it back after [`IDLE_RELEASE`] without work.
-pub const WRITERS: usize = 1;
-/// How long an idle writer keeps its connection.
-const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
-/// Sends waiting for a writer before handlers wait for room (backpressure).
-const CHANNEL_CAPACITY: usize = 4096;
 
 const ENQUEUE_FAILURES_TOTAL: &str = "datamailer_enqueue_failures_total";
-const BATCH_SIZE: &str = "datamailer_transactional_write_batch_size";
-const BATCH_FAILURES_TOTAL: &str = "datamailer_transactional_write_batch_failures_total";
-const WRITER_RESTARTS_TOTAL: &str = "datamailer_transactional_writer_restarts_total";
 
 /// A validated, rendered message ready to persist.
 #[derive(Debug, Clone)]
@@ -83,135 +73,71 @@ pub enum WriteOutcome {
     Conflict,
 }
 
-type Reply = oneshot::Sender<Result<WriteOutcome, String>>;
+/// The group-commit writer of transactional sends.
+pub type SendWriter = BatchWriter<SendSink>;
 
-struct Job {
-    message: NewMessage,
-    reply: Reply,
+/// Starts the writer (call inside a Tokio runtime).
+pub fn start(db: PgPool, producer: Producer) -> SendWriter {
+    BatchWriter::start(
+        SendSink {
+            db,
+            producer,
+            conn: Mutex::new(None),
+        },
+        WriterSettings {
+            max_batch: MAX_BATCH,
+            ..Default::default()
+        },
+    )
 }
 
-/// Handle to the writer tasks.
-#[derive(Clone)]
-pub struct SendWriter {
-    jobs: mpsc::Sender<Job>,
+pub struct SendSink {
+    db: PgPool,
+    producer: Producer,
+    /// Kept while the writer is busy; given back when it idles or after an error.
+    conn: Mutex<Option<PoolConnection<Postgres>>>,
 }
 
-impl SendWriter {
-    /// Starts the writer tasks (call inside a Tokio runtime).
-    pub fn start(db: PgPool, producer: Producer) -> Self {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            tokio::spawn(supervise(db.clone(), producer.clone(), rx.clone()));
-        }
-        SendWriter { jobs: tx }
+#[async_trait]
+impl BatchSink for SendSink {
+    type Item = NewMessage;
+    type Output = WriteOutcome;
+    type Key = (i64, String);
+
+    fn name(&self) -> &'static str {
+        "transactional-send"
     }
 
-    /// Persists one message (together with whatever else is waiting).
-    pub async fn write(&self, message: NewMessage) -> anyhow::Result<WriteOutcome> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { message, reply })
-            .await
-            .map_err(|_| anyhow::anyhow!("send writer stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("send writer dropped the message"))?
-            .map_err(|e| anyhow::anyhow!(e))
-    }
-}
-
-/// Restarts a writer that panicked (the senders of its batch get an error; later sends are
-/// unaffected). Returns when the channel closes.
-async fn supervise(db: PgPool, producer: Producer, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    loop {
-        match tokio::spawn(run(db.clone(), producer.clone(), rx.clone())).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::error!(error = %err, "send writer crashed; restarting it");
-                metrics::counter!(WRITER_RESTARTS_TOTAL).increment(1);
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn run(db: PgPool, producer: Producer, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut conn: Option<PoolConnection<Postgres>> = None;
-    loop {
-        let mut jobs = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            let first = if conn.is_some() {
-                match tokio::time::timeout(IDLE_RELEASE, rx.recv()).await {
-                    Ok(job) => job,
-                    Err(_) => {
-                        conn = None; // idle: give the connection back to the pool
-                        rx.recv().await
-                    }
-                }
-            } else {
-                rx.recv().await
-            };
-            let Some(first) = first else { return };
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        metrics::histogram!(BATCH_SIZE).record(jobs.len() as f64);
+    async fn write(&self, messages: &[&NewMessage]) -> anyhow::Result<Vec<WriteOutcome>> {
+        let mut conn = self.conn.lock().await;
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match db.acquire().await {
-                Ok(c) => conn.insert(c),
-                Err(err) => {
-                    let err = format!("acquire a connection for the send writer: {err}");
-                    for job in jobs {
-                        let _ = job.reply.send(Err(err.clone()));
-                    }
-                    continue;
-                }
-            },
-        };
-        if !process(c, &producer, jobs).await {
-            conn = None; // the connection may be broken: take a fresh one next time
-        }
-    }
-}
-
-/// Writes a batch and answers its senders; false when the batch hit a database error.
-async fn process(conn: &mut PgConnection, producer: &Producer, jobs: Vec<Job>) -> bool {
-    let messages: Vec<&NewMessage> = jobs.iter().map(|j| &j.message).collect();
-    match write_batch(conn, producer, &messages).await {
-        Ok(outcomes) => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.reply.send(Ok(outcome));
-            }
-            true
-        }
-        Err(err) if jobs.len() > 1 => {
-            metrics::counter!(BATCH_FAILURES_TOTAL).increment(1);
-            tracing::warn!(error = %format!("{err:#}"), size = jobs.len(),
-                "send batch failed; retrying its messages one by one");
-            for job in jobs {
-                let result = write_batch(conn, producer, &[&job.message])
+            None => conn.insert(
+                self.db
+                    .acquire()
                     .await
-                    .map(|mut o| o.remove(0))
-                    .map_err(|e| format!("{e:#}"));
-                let _ = job.reply.send(result);
-            }
-            false
-        }
-        Err(err) => {
-            metrics::counter!(BATCH_FAILURES_TOTAL).increment(1);
-            for job in jobs {
-                let _ = job.reply.send(Err(format!("{err:#}")));
-            }
-            false
-        }
+                    .context("acquire a connection for the send writer")?,
+            ),
+        };
+        write_batch(c, &self.producer, messages).await
+    }
+
+    /// A repeated (client, idempotency key) in one batch is a replay of the first.
+    fn dedupe_key(&self, m: &NewMessage) -> Option<(i64, String)> {
+        Some((m.client_id, m.idempotency_key.clone()))
+    }
+
+    fn duplicate(&self, _first: &WriteOutcome) -> WriteOutcome {
+        WriteOutcome::Conflict
+    }
+
+    async fn idle(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// The connection may be broken: take a fresh one next time.
+    async fn reset(&self) {
+        *self.conn.lock().await = None;
     }
 }
 
@@ -303,22 +229,12 @@ async fn write_batch(
 ) -> anyhow::Result<Vec<WriteOutcome>> {
     let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; messages.len()];
 
-    // Fixed write order; a repeated (client, key) inside the batch is a replay of the first.
-    let mut order: Vec<usize> = (0..messages.len()).collect();
-    order.sort_by(|&a, &b| {
+    // Fixed write order (the writer already folded repeated keys into their first).
+    let mut primaries: Vec<usize> = (0..messages.len()).collect();
+    primaries.sort_by(|&a, &b| {
         let (a, b) = (messages[a], messages[b]);
         (a.client_id, &a.idempotency_key).cmp(&(b.client_id, &b.idempotency_key))
     });
-    let mut seen = HashSet::new();
-    let mut primaries = Vec::with_capacity(order.len());
-    for i in order {
-        let m = messages[i];
-        if seen.insert((m.client_id, m.idempotency_key.as_str())) {
-            primaries.push(i);
-        } else {
-            outcomes[i] = Some(WriteOutcome::Conflict);
-        }
-    }
 
     let in_tx = producer.writes_in_transaction();
     let mut cols = Columns::default();
@@ -397,7 +313,7 @@ async fn write_batch(
     if !bodies.is_empty() {
         let count = bodies.len();
         if let Err(err) = producer.send_after_commit(QUEUE, bodies).await {
-            // The rows stay `queued`; the worker's stale-row sweeper re-enqueues them.
+            // The rows stay `queued`; the runtime's maintenance re-enqueues them.
             tracing::warn!(error = %format!("{err:#}"), count, "enqueue after commit failed");
             metrics::counter!(ENQUEUE_FAILURES_TOTAL, "queue" => QUEUE).increment(count as u64);
             for i in queued {

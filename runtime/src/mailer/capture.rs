@@ -1,8 +1,7 @@
 //! The capture mailer: stores each message whole in `captured_messages` instead of sending it.
 //! The local default, so a developer sees exactly what SES would have received
-//! (`datamailer outbox`). A batch is one INSERT.
-
-use std::collections::HashMap;
+//! (`datamailer outbox`). A batch is one statement, which also writes the send ledger
+//! ([`crate::ledger`]) for every message whose tags name its row.
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -26,15 +25,25 @@ fn new_message_id() -> String {
     format!("capture-{n:032x}")
 }
 
-/// A batch is one statement: the messages ride in one JSON array.
+/// A batch is one statement: the messages ride in one JSON array; the ledger entries are
+/// written with them, so "captured" and "accepted" cannot disagree.
 const INSERT_SQL: &str = "
-INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
-    bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
-SELECT r.provider_message_id, r.from_email, r.to_addresses, r.cc_addresses, r.bcc_addresses,
-    r.reply_to, r.subject, r.text_body, r.html_body, r.headers, r.tags, r.configuration_set, r.raw_mime
-FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
-    to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
-    text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text, raw_mime text)";
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
+        to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
+        text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text,
+        raw_mime text, ledger_kind text, ledger_id bigint)
+), captured AS (
+    INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
+        bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
+    SELECT provider_message_id, from_email, to_addresses, cc_addresses, bcc_addresses, reply_to,
+        subject, text_body, html_body, headers, tags, configuration_set, raw_mime
+    FROM r
+)
+INSERT INTO send_ledger (kind, row_id, provider_message_id, accepted_at, source)
+SELECT ledger_kind, ledger_id, provider_message_id, now(), 'capture' FROM r
+WHERE ledger_kind IS NOT NULL
+ON CONFLICT (kind, row_id) DO NOTHING";
 
 #[async_trait]
 impl Mailer for CaptureMailer {
@@ -46,22 +55,9 @@ impl Mailer for CaptureMailer {
         false
     }
 
-    async fn find_sent(&self, tag: &str, values: &[String]) -> HashMap<String, String> {
-        let found = async {
-            let conn = self.db.get().await?;
-            let rows = conn
-                .query(
-                    "SELECT tags ->> $1, provider_message_id FROM captured_messages WHERE tags ->> $1 = ANY($2)",
-                    &[&tag, &values],
-                )
-                .await?;
-            anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        }
-        .await;
-        found.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "capture lookup failed");
-            HashMap::new()
-        })
+    /// The ledger entry is written with the message.
+    fn ledger_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
@@ -74,6 +70,7 @@ impl Mailer for CaptureMailer {
             .iter()
             .zip(&ids)
             .map(|(e, id)| {
+                let ledger = crate::ledger::key_from_tags(&e.tags);
                 json!({
                     "provider_message_id": id,
                     "from_email": e.from,
@@ -88,6 +85,8 @@ impl Mailer for CaptureMailer {
                     "tags": e.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "configuration_set": e.configuration_set.clone().unwrap_or_default(),
                     "raw_mime": e.needs_raw().then(|| mime::build(e)),
+                    "ledger_kind": ledger.as_ref().map(|(k, _)| k.clone()),
+                    "ledger_id": ledger.map(|(_, id)| id),
                 })
             })
             .collect();

@@ -7,13 +7,15 @@ pub mod limiter;
 pub mod mime;
 pub mod ses;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::events::mailer as events;
+use crate::tree::HandlerContext;
 
 pub use limiter::{Lane, SendLimiter};
 
@@ -80,11 +82,25 @@ pub enum SendError {
     /// The account cannot send at all right now (paused, suspended): retry much later.
     #[error("{code}: {message}")]
     Paused { code: String, message: String },
+    /// Never sent: the batch was told to stop before this send started.
+    #[error("not sent: {reason}")]
+    NotAttempted { reason: String },
 }
 
 impl SendError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, SendError::Permanent { .. })
+    }
+
+    /// True when the error says more about SES (or the network) than about this message:
+    /// paused account, throttling that outlasted our retries, 5xx, timeouts. Handlers answer
+    /// these `Outcome::Unavailable`, so a storm of them pauses the tree instead of walking
+    /// every message into the dead-letter queue.
+    pub fn is_downstream(&self) -> bool {
+        matches!(
+            self,
+            SendError::Paused { .. } | SendError::Throttled { .. } | SendError::Transient { .. }
+        )
     }
 
     fn outcome_label(&self) -> &'static str {
@@ -93,6 +109,7 @@ impl SendError {
             SendError::Transient { .. } => "transient_error",
             SendError::Throttled { .. } => "throttled",
             SendError::Paused { .. } => "paused",
+            SendError::NotAttempted { .. } => "not_attempted",
         }
     }
 }
@@ -113,16 +130,15 @@ pub trait Mailer: Send + Sync + 'static {
         results
     }
 
-    /// Messages this mailer already accepted, found by one of our tags: tag value → provider
-    /// message id. Used to reconcile a send whose result was never recorded. Mailers that
-    /// cannot look back (SES: its answer arrives later as a `Send` event) return nothing.
-    async fn find_sent(&self, _tag: &str, _values: &[String]) -> HashMap<String, String> {
-        HashMap::new()
-    }
-
     /// Whether this mailer applies the SES rate limit (the capture outbox does not).
     fn rate_limited(&self) -> bool {
         true
+    }
+
+    /// How long after accepting a send the provider's word about it may take to reach the
+    /// send ledger ([`crate::ledger`]): SES reports it through its `Send` event.
+    fn ledger_delay(&self) -> Duration {
+        crate::ledger::SES_EVENT_GRACE
     }
 }
 
@@ -153,15 +169,31 @@ impl Sender {
         self.mailer.kind()
     }
 
+    /// See [`Mailer::ledger_delay`].
+    pub fn ledger_delay(&self) -> Duration {
+        self.mailer.ledger_delay()
+    }
+
+    /// The process-wide limiter (for rate shares).
+    pub fn limiter(&self) -> &SendLimiter {
+        &self.limiter
+    }
+
     /// Sends a batch: in one call when the mailer takes batches (capture), else one SES call
     /// per message, concurrently, each through the limiter. Results are in `emails` order.
+    /// Once `ctx` says stop, sends not yet started (waiting for the limiter included) answer
+    /// [`SendError::NotAttempted`]; sends already in flight finish.
     pub async fn send_batch(
         &self,
         lane: Lane,
         emails: &[OutgoingEmail],
+        ctx: &HandlerContext,
     ) -> Vec<Result<SendReceipt, SendError>> {
         if emails.is_empty() {
             return Vec::new();
+        }
+        if ctx.should_stop() {
+            return emails.iter().map(|_| Err(not_attempted())).collect();
         }
         if !self.mailer.rate_limited() {
             let started = Instant::now();
@@ -182,7 +214,7 @@ impl Sender {
             if in_flight.len() == SENDS_IN_FLIGHT {
                 results.extend(in_flight.next().await);
             }
-            in_flight.push_back(self.send_one(lane, email));
+            in_flight.push_back(self.send_one(lane, email, ctx));
         }
         while let Some(result) = in_flight.next().await {
             results.push(result);
@@ -190,40 +222,40 @@ impl Sender {
         results
     }
 
-    async fn send_one(&self, lane: Lane, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
+    async fn send_one(
+        &self,
+        lane: Lane,
+        email: &OutgoingEmail,
+        ctx: &HandlerContext,
+    ) -> Result<SendReceipt, SendError> {
         let mut attempt = 0;
         loop {
             let recipients = (email.to.len() + email.cc.len() + email.bcc.len()).max(1) as u32;
-            self.limiter.acquire(lane, recipients).await;
+            tokio::select! {
+                biased;
+                _ = ctx.stopped() => return Err(not_attempted()),
+                _ = self.limiter.acquire(lane, recipients) => {}
+            }
             let started = Instant::now();
             let result = self.mailer.send(email).await;
             self.observe(lane, &result, started.elapsed().as_secs_f64());
             match result {
                 Err(SendError::Throttled { .. }) if attempt < self.throttle_retries => {
                     attempt += 1;
-                    metrics::counter!("datamailer_ses_throttles_total", "lane" => lane.as_str())
-                        .increment(1);
-                    self.limiter.cool_down();
+                    let rate = self.limiter.throttled();
+                    events::throttled(lane.as_str(), attempt, rate);
                     let base = Duration::from_millis(200 * (1 << attempt));
                     let jitter = Duration::from_millis(
                         rand::thread_rng().gen_range(0..=base.as_millis() as u64),
                     );
-                    tokio::time::sleep(base + jitter).await;
+                    tokio::select! {
+                        _ = ctx.stopped() => return Err(not_attempted()),
+                        _ = tokio::time::sleep(base + jitter) => {}
+                    }
                 }
                 other => return other,
             }
         }
-    }
-
-    /// Which of the row ids (tagged `tag`) the mailer already accepted: id → provider message id.
-    pub async fn find_sent(&self, tag: &str, ids: &[i64]) -> HashMap<i64, String> {
-        let values: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        self.mailer
-            .find_sent(tag, &values)
-            .await
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
-            .collect()
     }
 
     fn observe(&self, lane: Lane, result: &Result<SendReceipt, SendError>, seconds: f64) {
@@ -231,10 +263,13 @@ impl Sender {
             Ok(_) => "sent",
             Err(e) => e.outcome_label(),
         };
-        metrics::counter!("datamailer_ses_sends_total", "lane" => lane.as_str(), "mailer" => self.mailer.kind(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("datamailer_ses_send_duration_seconds", "mailer" => self.mailer.kind())
-            .record(seconds);
+        events::send_attempted(lane.as_str(), self.mailer.kind(), outcome, seconds);
+    }
+}
+
+fn not_attempted() -> SendError {
+    SendError::NotAttempted {
+        reason: "the batch was told to stop before this send started".into(),
     }
 }
 
@@ -281,7 +316,9 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let results = sender.send_batch(Lane::Transactional, &emails).await;
+        let results = sender
+            .send_batch(Lane::Transactional, &emails, &HandlerContext::unbounded(5))
+            .await;
         let ids: Vec<String> = results.into_iter().map(|r| r.unwrap().message_id).collect();
         let expected: Vec<String> = (0..130).map(|n: u32| n.to_string()).collect();
         assert_eq!(ids, expected);

@@ -20,14 +20,15 @@ use aws_sdk_sesv2::types::{
 use super::{mime, Mailer, OutgoingEmail, SendError, SendReceipt};
 
 /// The SES client we send with: SDK retries off (the sender retries, so the limiter sees every
-/// attempt) and bounded timeouts.
-pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_sesv2::Client {
+/// attempt) and a bounded time per call (`DATAMAILER_SES_TIMEOUT_SECONDS`), which is what a
+/// Lambda invocation's stop margin must fit.
+pub fn client(config: &aws_config::SdkConfig, timeout: Duration) -> aws_sdk_sesv2::Client {
     let conf = aws_sdk_sesv2::config::Builder::from(config)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(3).min(timeout))
+                .operation_timeout(timeout)
                 .build(),
         )
         .build();

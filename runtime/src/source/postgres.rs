@@ -5,14 +5,18 @@
 //!   them for the visibility timeout, in one statement.
 //! * A row received more than `max_receives` times is dead-lettered on receive with the last
 //!   error, like an SQS redrive policy.
-//! * Ack deletes; retry sets the next visible time; dead-letter keeps the row with its reason.
+//! * Ack deletes; retry sets the next visible time (an uncounted retry gives its receive
+//!   back); dead-letter keeps the row with its reason.
+//! * Every receive stamps the row with a fresh receipt; extend and settle match it, so a
+//!   consumer whose visibility ran out (the row was received again since) changes nothing.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Delivery, Received, Settlement, Source};
+use super::{with_retries, Delivery, Received, SettleReport, Settlement, Source, SETTLE_ATTEMPTS};
 use crate::db::Db;
+use crate::events::source as events;
 
 pub struct PostgresQueue {
     db: Db,
@@ -73,29 +77,45 @@ WITH ready AS (
 UPDATE queue_messages q
 SET receive_count = q.receive_count + 1,
     visible_at = now() + make_interval(secs => $3),
+    receipt = gen_random_uuid(),
     first_received_at = coalesce(q.first_received_at, now()),
     dead_lettered_at = CASE WHEN q.receive_count + 1 > $4 THEN now() END,
     dead_letter_reason = CASE WHEN q.receive_count + 1 > $4
         THEN 'exceeded ' || $4 || ' receives; last error: ' || q.last_error ELSE '' END
 FROM ready
 WHERE q.id = ready.id
-RETURNING q.id, q.body, q.receive_count, q.enqueued_at, q.dead_lettered_at IS NOT NULL";
+RETURNING q.id, q.body, q.receive_count, q.enqueued_at, q.dead_lettered_at IS NOT NULL,
+    q.receipt::text";
 
 const EXTEND_SQL: &str = "
-UPDATE queue_messages SET visible_at = now() + make_interval(secs => $2)
-WHERE id = ANY($1) AND dead_lettered_at IS NULL";
+UPDATE queue_messages q SET visible_at = now() + make_interval(secs => $3)
+FROM unnest($1::bigint[], $2::text[]) AS e(id, receipt)
+WHERE q.id = e.id AND q.receipt = e.receipt::uuid AND q.dead_lettered_at IS NULL";
 
+/// One round trip for the whole batch: the three changes ride in one statement, each row
+/// matched by its receipt. Returns the ids it settled.
 const SETTLE_SQL: &str = "
-WITH acked AS (DELETE FROM queue_messages WHERE id = ANY($1)),
+WITH acked AS (
+        DELETE FROM queue_messages q
+        USING unnest($1::bigint[], $2::text[]) AS a(id, receipt)
+        WHERE q.id = a.id AND q.receipt = a.receipt::uuid
+        RETURNING q.id),
      retried AS (
         UPDATE queue_messages q
-        SET visible_at = now() + make_interval(secs => r.delay), last_error = r.reason
-        FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, delay, reason)
-        WHERE q.id = r.id)
-UPDATE queue_messages q
-SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
-FROM unnest($5::bigint[], $6::text[]) AS d(id, reason)
-WHERE q.id = d.id";
+        SET visible_at = now() + make_interval(secs => r.delay), last_error = r.reason,
+            receive_count = CASE WHEN r.counted THEN q.receive_count
+                                 ELSE greatest(q.receive_count - 1, 0) END
+        FROM unnest($3::bigint[], $4::text[], $5::float8[], $6::text[], $7::bool[])
+            AS r(id, receipt, delay, reason, counted)
+        WHERE q.id = r.id AND q.receipt = r.receipt::uuid
+        RETURNING q.id),
+     dead AS (
+        UPDATE queue_messages q
+        SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
+        FROM unnest($8::bigint[], $9::text[], $10::text[]) AS d(id, receipt, reason)
+        WHERE q.id = d.id AND q.receipt = d.receipt::uuid
+        RETURNING q.id)
+SELECT id FROM acked UNION ALL SELECT id FROM retried UNION ALL SELECT id FROM dead";
 
 #[async_trait]
 impl Source for PostgresQueue {
@@ -125,15 +145,13 @@ impl Source for PostgresQueue {
         for row in rows {
             let dead: bool = row.get(4);
             if dead {
-                tracing::warn!(queue = %self.queue, id = row.get::<_, i64>(0), "dead-lettered after too many receives");
-                metrics::counter!("datamailer_messages_dead_lettered_total", "queue" => self.queue.clone())
-                    .increment(1);
+                events::dead_lettered_on_receive(&self.queue, row.get::<_, i64>(0));
                 continue;
             }
             let id: i64 = row.get(0);
             out.push(Delivery {
                 id: id.to_string(),
-                receipt: id.to_string(),
+                receipt: row.get(5),
                 body: row.get(1),
                 receive_count: row.get::<_, i32>(2) as u32,
                 sent_at: Some(row.get(3)),
@@ -143,49 +161,87 @@ impl Source for PostgresQueue {
     }
 
     async fn extend(&self, deliveries: &[Delivery], for_: Duration) -> anyhow::Result<()> {
-        let ids = ids(deliveries.iter());
+        let (ids, receipts) = keys(deliveries.iter());
         let conn = self.db.get().await?;
         let extend = conn.prepare_cached(EXTEND_SQL).await?;
-        conn.execute(&extend, &[&ids, &for_.as_secs_f64()]).await?;
+        conn.execute(&extend, &[&ids, &receipts, &for_.as_secs_f64()])
+            .await?;
         Ok(())
     }
 
-    async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> anyhow::Result<()> {
-        let mut acked = Vec::new();
-        let (mut retry_ids, mut retry_delays, mut retry_reasons) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let (mut dead_ids, mut dead_reasons) = (Vec::new(), Vec::new());
+    async fn settle(&self, settled: Vec<(Delivery, Settlement)>) -> SettleReport {
+        let mut ack = (Vec::new(), Vec::new());
+        let mut retry = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dead = (Vec::new(), Vec::new(), Vec::new());
+        let mut report = SettleReport::default();
+        let mut expected = Vec::with_capacity(settled.len());
         for (d, s) in &settled {
-            let id: i64 = d.receipt.parse()?;
+            let Ok(id) = d.id.parse::<i64>() else {
+                report.fail(d, s.action(), "not an embedded queue message id");
+                continue;
+            };
+            expected.push((id, d, s));
             match s {
-                Settlement::Ack => acked.push(id),
-                Settlement::Retry { delay, reason } => {
-                    retry_ids.push(id);
-                    retry_delays.push(delay.as_secs_f64());
-                    retry_reasons.push(reason.clone());
+                Settlement::Ack => {
+                    ack.0.push(id);
+                    ack.1.push(d.receipt.clone());
+                }
+                Settlement::Retry {
+                    delay,
+                    reason,
+                    counted,
+                } => {
+                    retry.0.push(id);
+                    retry.1.push(d.receipt.clone());
+                    retry.2.push(delay.as_secs_f64());
+                    retry.3.push(reason.clone());
+                    retry.4.push(*counted);
                 }
                 Settlement::DeadLetter { reason } => {
-                    dead_ids.push(id);
-                    dead_reasons.push(reason.clone());
+                    dead.0.push(id);
+                    dead.1.push(d.receipt.clone());
+                    dead.2.push(reason.clone());
                 }
             }
         }
-        let conn = self.db.get().await?;
-        // One round trip for the whole batch: the three changes ride in one statement.
-        let settle = conn.prepare_cached(SETTLE_SQL).await?;
-        conn.execute(
-            &settle,
-            &[
-                &acked,
-                &retry_ids,
-                &retry_delays,
-                &retry_reasons,
-                &dead_ids,
-                &dead_reasons,
-            ],
-        )
-        .await?;
-        Ok(())
+        if expected.is_empty() {
+            return report;
+        }
+        let result = with_retries(SETTLE_ATTEMPTS, || async {
+            let conn = self.db.get().await?;
+            let settle = conn.prepare_cached(SETTLE_SQL).await?;
+            let rows = conn
+                .query(
+                    &settle,
+                    &[
+                        &ack.0, &ack.1, &retry.0, &retry.1, &retry.2, &retry.3, &retry.4, &dead.0,
+                        &dead.1, &dead.2,
+                    ],
+                )
+                .await?;
+            anyhow::Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+        })
+        .await;
+        match result {
+            Ok(done) => {
+                let done: std::collections::HashSet<i64> = done.into_iter().collect();
+                for (id, d, s) in expected {
+                    if !done.contains(&id) {
+                        report.fail(
+                            d,
+                            s.action(),
+                            "stale receipt: the message was received again after its visibility timeout",
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                for (_, d, s) in expected {
+                    report.fail(d, s.action(), &e);
+                }
+            }
+        }
+        report
     }
 
     fn visibility_timeout(&self) -> Duration {
@@ -201,8 +257,9 @@ impl Source for PostgresQueue {
     }
 }
 
-fn ids<'a>(ds: impl Iterator<Item = &'a Delivery>) -> Vec<i64> {
-    ds.filter_map(|d| d.receipt.parse().ok()).collect()
+fn keys<'a>(ds: impl Iterator<Item = &'a Delivery>) -> (Vec<i64>, Vec<String>) {
+    ds.filter_map(|d| Some((d.id.parse::<i64>().ok()?, d.receipt.clone())))
+        .unzip()
 }
 
 /// One dead-lettered message, for `datamailer dlq list`.
@@ -243,7 +300,7 @@ pub async fn redrive(db: &Db, queue: &str) -> anyhow::Result<u64> {
     Ok(conn
         .execute(
             "UPDATE queue_messages SET dead_lettered_at = NULL, dead_letter_reason = '', receive_count = 0,
-                    visible_at = now(), first_received_at = NULL
+                    visible_at = now(), first_received_at = NULL, receipt = NULL
              WHERE queue = $1 AND dead_lettered_at IS NOT NULL",
             &[&queue],
         )

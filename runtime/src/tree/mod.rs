@@ -8,10 +8,14 @@
 //! * The supervisor is the coordinator: it knows which workers are idle and asks the poller for
 //!   exactly as many messages as they can take (`idle workers × batch size`). Nothing is ever
 //!   received that no worker is free to start: that is the backpressure, and no mailbox grows.
-//! * A worker runs the queue's [`Handler`] over one batch, with a visibility heartbeat, catches
-//!   panics (a panicking batch is retried message by message so one poison message fails
-//!   alone), turns outcomes into settlements (backoff by receive count, dead-letter after the
-//!   last receive) and settles them with the source.
+//! * A worker runs the queue's [`Handler`] over one batch, with a visibility heartbeat and a
+//!   deadline, catches panics (a panicking batch is retried message by message so one poison
+//!   message fails alone), turns outcomes into settlements (backoff by receive count,
+//!   dead-letter after the last receive; deferrals and outages uncounted) and settles them with
+//!   the source. Everything a batch runs (handler, heartbeat) is one future owned by the
+//!   worker: killing the tree leaves no task behind.
+//! * A circuit breaker ([`breaker`]) turns a run of `Unavailable` outcomes into a pause of the
+//!   whole tree with probes, instead of a queue drained into its DLQ.
 //! * A crashed poller or worker is restarted; more than `max_restarts` within `within` and the
 //!   tree fails loudly ([`TreeExit::Failed`]), like an OTP supervisor's restart intensity.
 //! * A paused queue ([`crate::control`]) receives nothing until resumed; probe messages are
@@ -22,6 +26,8 @@
 //! Sender and Db are shared services rather than actors: the SES quota and the connection cap
 //! are per process, so one limiter and one pool serve every tree (docs/architecture.md).
 
+pub mod breaker;
+mod context;
 mod poller;
 mod supervisor;
 mod worker;
@@ -32,19 +38,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::control::QueueControl;
 use crate::source::{Delivery, Outcome, Source};
 
+pub use breaker::{BreakerSettings, CircuitBreaker};
+pub use context::HandlerContext;
 pub use supervisor::SupervisorMsg;
 
 /// What a queue does with its messages. Handlers get a whole batch so they can claim, send and
 /// record set-wise (one statement for many rows); they return one outcome per delivery, in order.
-/// Handlers must be idempotent: every queue is at-least-once.
+/// Handlers must be idempotent: every queue is at-least-once. They must stop starting new work
+/// once `ctx.should_stop()` (see [`HandlerContext`]).
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome>;
+    async fn handle(&self, ctx: &HandlerContext, batch: &[Delivery]) -> Vec<Outcome>;
+
+    /// The runtime spent these messages' receives on failures and is dead-lettering them
+    /// (with the reason): record the end on the rows they stand for, so nothing else brings
+    /// them back. Called before the messages leave the queue; errors are the handler's to log.
+    async fn gave_up(&self, _ctx: &HandlerContext, _messages: &[(Delivery, String)]) {}
 }
 
 /// Restart intensity: more than `max_restarts` within `within` fails the tree.
@@ -82,6 +97,18 @@ pub struct TreeSpec {
     pub control: Option<Arc<QueueControl>>,
     /// How long a paused poller waits before checking again.
     pub pause_recheck: Duration,
+    /// A batch's soft deadline: past it the handler starts nothing new (see
+    /// [`HandlerContext`]).
+    pub handler_timeout: Duration,
+    /// How long after the soft deadline a batch is abandoned (its messages retried; rows it
+    /// leased come back when their lease ends).
+    pub handler_grace: Duration,
+    /// An absolute soft deadline for every batch (a Lambda invocation's deadline minus its
+    /// margin); the earlier of this and `handler_timeout` applies.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Pauses the tree when its dependencies are down. Shared so that it outlives one tree
+    /// (a Lambda execution environment). Without it `Unavailable` is a plain counted retry.
+    pub breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl TreeSpec {
@@ -101,6 +128,10 @@ impl TreeSpec {
             restart: RestartPolicy::default(),
             control: None,
             pause_recheck: crate::control::PAUSE_RECHECK,
+            handler_timeout: Duration::from_secs(120),
+            handler_grace: Duration::from_secs(30),
+            deadline: None,
+            breaker: None,
         }
     }
 }
@@ -114,17 +145,26 @@ pub enum TreeExit {
     Failed(String),
 }
 
-/// Stops a tree: gracefully ([`TreeStopper::shutdown`]) or at once ([`TreeStopper::kill`]).
+/// Stops a tree: gracefully ([`TreeStopper::shutdown`]), cooperatively
+/// ([`TreeStopper::cancel`]: handlers start nothing new) or at once ([`TreeStopper::kill`]).
 #[derive(Clone)]
 pub struct TreeStopper {
     supervisor: ActorRef<SupervisorMsg>,
+    cancel: CancellationToken,
 }
 
 impl TreeStopper {
+    /// Stop receiving; in-flight batches finish.
     pub fn shutdown(&self) {
         let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
     }
 
+    /// Tell in-flight handlers to start nothing new and release what they claimed.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Stop everything now; unsettled messages return after their visibility timeout.
     pub fn kill(&self) {
         self.supervisor.kill();
     }
@@ -134,6 +174,7 @@ impl TreeStopper {
 pub struct QueueTree {
     queue: String,
     supervisor: ActorRef<SupervisorMsg>,
+    cancel: CancellationToken,
     handle: JoinHandle<()>,
     exit: Arc<Mutex<Option<TreeExit>>>,
 }
@@ -142,12 +183,18 @@ impl QueueTree {
     pub async fn start(spec: TreeSpec) -> anyhow::Result<QueueTree> {
         let exit = Arc::new(Mutex::new(None));
         let queue = spec.queue.clone();
-        let (supervisor, handle) =
-            Actor::spawn(None, supervisor::QueueSupervisor, (spec, exit.clone())).await?;
+        let cancel = CancellationToken::new();
+        let (supervisor, handle) = Actor::spawn(
+            None,
+            supervisor::QueueSupervisor,
+            (spec, exit.clone(), cancel.clone()),
+        )
+        .await?;
         tracing::info!(queue, "queue tree started");
         Ok(QueueTree {
             queue,
             supervisor,
+            cancel,
             handle,
             exit,
         })
@@ -161,12 +208,18 @@ impl QueueTree {
     pub fn stopper(&self) -> TreeStopper {
         TreeStopper {
             supervisor: self.supervisor.clone(),
+            cancel: self.cancel.clone(),
         }
     }
 
     /// Waits until the tree ends by itself (source exhausted, or failure).
-    pub async fn wait(self) -> TreeExit {
-        let _ = self.handle.await;
+    pub async fn wait(mut self) -> TreeExit {
+        let _ = (&mut self.handle).await;
+        self.exit()
+    }
+
+    /// How the (ended) tree ended.
+    fn exit(&self) -> TreeExit {
         self.exit
             .lock()
             .unwrap()
@@ -174,11 +227,18 @@ impl QueueTree {
             .unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
     }
 
-    /// Stops receiving, finishes in-flight work, then ends. After `grace` the tree is killed
-    /// and whatever was still running returns to its queue after the visibility timeout.
-    pub async fn shutdown(self, grace: Duration) -> TreeExit {
+    /// Stops receiving, finishes in-flight work, then ends. Past three quarters of `grace`
+    /// handlers are told to stop (they release what they have not started); after `grace` the
+    /// tree is killed and whatever was still running returns to its queue after the
+    /// visibility timeout.
+    pub async fn shutdown(mut self, grace: Duration) -> TreeExit {
         let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
-        self.wait_or_kill(grace).await
+        let soft = grace.mul_f64(0.75);
+        if tokio::time::timeout(soft, &mut self.handle).await.is_ok() {
+            return self.exit();
+        }
+        self.cancel.cancel();
+        self.wait_or_kill(grace.saturating_sub(soft)).await
     }
 
     /// Waits up to `limit` for the tree to end by itself; then kills it.
@@ -193,10 +253,6 @@ impl QueueTree {
             ));
             return exit.clone().unwrap();
         }
-        self.exit
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_else(|| TreeExit::Failed("supervisor stopped unexpectedly".into()))
+        self.exit()
     }
 }

@@ -1,15 +1,17 @@
-//! The poller: receives from the source when (and only as much as) the supervisor asks.
-//! Receive errors back off instead of crashing; shutdown cuts the pauses short, not a receive
-//! (so shutting down waits for at most one SQS long poll, ≤ 20 s).
+//! The poller: receives from the source when (and only as much as) the supervisor asks, and
+//! only what the queue's pause and circuit breaker allow. Receive errors back off instead of
+//! crashing; shutdown cuts the pauses short, not a receive (so shutting down waits for at most
+//! one SQS long poll, ≤ 20 s).
 
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
+use super::breaker::Admission;
 use super::supervisor::SupervisorMsg;
 use super::TreeSpec;
-use crate::events;
+use crate::events::tree as events;
 use crate::source::Received;
 
 pub enum PollerMsg {
@@ -71,11 +73,7 @@ impl Actor for Poller {
             let paused = control.is_paused(&state.spec.queue).await;
             if paused != state.paused {
                 state.paused = paused;
-                if paused {
-                    tracing::warn!(queue = %state.spec.queue, "queue paused: receiving nothing until `datamailer resume`");
-                } else {
-                    tracing::info!(queue = %state.spec.queue, "queue resumed");
-                }
+                events::pause_changed(&state.spec.queue, paused);
             }
             if paused {
                 // Receive nothing; the empty answer makes the supervisor poll again.
@@ -84,12 +82,42 @@ impl Actor for Poller {
                 return Ok(());
             }
         }
+        if state.spec.source.is_exhausted() {
+            state.supervisor.cast(SupervisorMsg::Exhausted)?;
+            return Ok(());
+        }
+        let mut max = max;
+        let mut probing = false;
+        if let Some(breaker) = &state.spec.breaker {
+            match breaker.admit() {
+                Admission::Receive => {}
+                Admission::Probe => {
+                    max = max.min(1);
+                    probing = true;
+                }
+                Admission::Wait(d) => {
+                    // Nothing until the cooldown ends or a probe is decided.
+                    let mut changed = breaker.subscribe();
+                    tokio::select! {
+                        _ = pause(&mut stopping, d) => {},
+                        _ = changed.changed() => {},
+                    }
+                    state.supervisor.cast(SupervisorMsg::Received(Vec::new()))?;
+                    return Ok(());
+                }
+            }
+        }
         // Not raced against shutdown: a receive cut short could leave its messages invisible
         // until their timeout. Only the pauses between receives are interruptible.
         let reply = match state.spec.source.receive(max).await {
             Ok(Received::Messages(messages)) => {
                 state.failures = 0;
                 if messages.is_empty() {
+                    if probing {
+                        if let Some(b) = &state.spec.breaker {
+                            b.probe_found_nothing();
+                        }
+                    }
                     pause(&mut stopping, state.spec.source.idle_wait()).await;
                 } else {
                     events::received(&state.spec.queue, state.spec.source.kind(), messages.len());
@@ -98,6 +126,11 @@ impl Actor for Poller {
             }
             Ok(Received::Exhausted) => SupervisorMsg::Exhausted,
             Err(e) => {
+                if probing {
+                    if let Some(b) = &state.spec.breaker {
+                        b.probe_found_nothing();
+                    }
+                }
                 events::receive_failed(&state.spec.queue, &e);
                 state.failures += 1;
                 pause(

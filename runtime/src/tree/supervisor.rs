@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::poller::{Poller, PollerMsg};
 use super::worker::{Worker, WorkerArgs, WorkerMsg};
 use super::{TreeExit, TreeSpec};
-use crate::events;
+use crate::events::tree as events;
 use crate::source::{Delivery, Settlement};
 
 pub enum SupervisorMsg {
@@ -38,6 +39,9 @@ pub struct State {
     exhausted: bool,
     restarts: VecDeque<Instant>,
     stopping_tx: watch::Sender<bool>,
+    /// Cancelled when the tree is told to stop cooperatively; every batch's context derives
+    /// from it.
+    cancel: CancellationToken,
 }
 
 impl State {
@@ -50,11 +54,13 @@ async fn spawn_worker(
     spec: &TreeSpec,
     index: usize,
     myself: &ActorRef<SupervisorMsg>,
+    cancel: &CancellationToken,
 ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
     let args = WorkerArgs {
         index,
         spec: spec.clone(),
         supervisor: myself.clone(),
+        cancel: cancel.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)
@@ -141,7 +147,7 @@ impl QueueSupervisor {
         } else if let Some(index) = state.workers.iter().position(|w| w.get_id() == id) {
             Self::note_restart(state, "worker", &why)?;
             // The crashed batch was never settled: its messages reappear after their timeout.
-            state.workers[index] = spawn_worker(&state.spec, index, myself).await?;
+            state.workers[index] = spawn_worker(&state.spec, index, myself, &state.cancel).await?;
             if !state.idle.contains(&index) {
                 state.idle.push(index);
             }
@@ -155,18 +161,18 @@ impl QueueSupervisor {
 impl Actor for QueueSupervisor {
     type Msg = SupervisorMsg;
     type State = State;
-    type Arguments = (TreeSpec, Arc<Mutex<Option<TreeExit>>>);
+    type Arguments = (TreeSpec, Arc<Mutex<Option<TreeExit>>>, CancellationToken);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (spec, exit): Self::Arguments,
+        (spec, exit, cancel): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let poller = spawn_poller(&spec, &myself, stopping_rx).await?;
         let mut workers = Vec::with_capacity(spec.concurrency.max(1));
         for index in 0..spec.concurrency.max(1) {
-            workers.push(spawn_worker(&spec, index, &myself).await?);
+            workers.push(spawn_worker(&spec, index, &myself, &cancel).await?);
         }
         let idle = (0..workers.len()).rev().collect();
         Ok(State {
@@ -180,6 +186,7 @@ impl Actor for QueueSupervisor {
             exhausted: false,
             restarts: VecDeque::new(),
             stopping_tx,
+            cancel,
         })
     }
 
@@ -202,7 +209,7 @@ impl Actor for QueueSupervisor {
             SupervisorMsg::Received(deliveries) => {
                 state.poll_outstanding = false;
                 if state.stopping {
-                    // Received while shutting down: hand them straight back.
+                    // Received while shutting down: hand them straight back, uncounted.
                     let back = deliveries
                         .into_iter()
                         .map(|d| {
@@ -211,13 +218,13 @@ impl Actor for QueueSupervisor {
                                 Settlement::Retry {
                                     delay: Default::default(),
                                     reason: "shutting down".into(),
+                                    counted: false,
                                 },
                             )
                         })
                         .collect();
-                    if let Err(e) = state.spec.source.settle(back).await {
-                        tracing::warn!(queue = %state.spec.queue, error = %e, "could not hand messages back");
-                    }
+                    let report = state.spec.source.settle(back).await;
+                    events::settle_failures(&state.spec.queue, &report);
                 } else {
                     let mut rest = deliveries;
                     while !rest.is_empty() {

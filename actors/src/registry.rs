@@ -1,0 +1,83 @@
+//! The registry of queue handlers and maintenance tasks: what `serve`, `worker` and `lambda`
+//! build a tree from. Adding a queue's worker is one entry here (and its handler module); the
+//! runtime does not change. How each queue's tree runs (concurrency, batch, visibility,
+//! receives) is [`QueueName::spec`] in `datamailer-core`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datamailer_core::queue::QueueName;
+use datamailer_runtime::db::Db;
+use datamailer_runtime::mailer::Sender;
+use datamailer_runtime::maintenance::MaintenanceTask;
+use datamailer_runtime::producer::Producer;
+use datamailer_runtime::Handler;
+
+use crate::transactional::{RequeueStaleRows, TransactionalHandler, TransactionalSettings};
+
+/// What handlers and tasks are built from (once per process or Lambda environment).
+#[derive(Clone)]
+pub struct Deps {
+    pub db: Db,
+    pub sender: Sender,
+    pub producer: Producer,
+    /// The last-resort sender (`DEFAULT_FROM_EMAIL`).
+    pub default_from_email: String,
+    /// `AWS_SES_CONFIGURATION_SET`.
+    pub configuration_set: Option<String>,
+}
+
+/// The queues that have a worker today.
+pub fn queues_with_workers() -> Vec<QueueName> {
+    QueueName::ALL
+        .into_iter()
+        .filter(|q| build_handler(*q).is_some())
+        .collect()
+}
+
+type Build = fn(&Deps) -> Arc<dyn Handler>;
+
+fn build_handler(queue: QueueName) -> Option<Build> {
+    match queue {
+        QueueName::TransactionalEmail => Some(|deps| {
+            Arc::new(TransactionalHandler::new(
+                deps.db.clone(),
+                deps.sender.clone(),
+                TransactionalSettings {
+                    default_from_email: deps.default_from_email.clone(),
+                    configuration_set: deps.configuration_set.clone(),
+                    ..Default::default()
+                },
+            ))
+        }),
+        QueueName::CampaignEmail | QueueName::SesWebhooks | QueueName::EmailEvents => None,
+    }
+}
+
+/// The queue's handler, or an error naming the queues that have one.
+pub fn handler(queue: QueueName, deps: &Deps) -> anyhow::Result<Arc<dyn Handler>> {
+    match build_handler(queue) {
+        Some(build) => Ok(build(deps)),
+        None => {
+            let have: Vec<String> = queues_with_workers()
+                .iter()
+                .map(|q| q.to_string())
+                .collect();
+            anyhow::bail!(
+                "the {queue} queue has no worker yet (queues with a worker: {})",
+                have.join(", ")
+            )
+        }
+    }
+}
+
+/// Every maintenance task, in the order a pass runs them.
+pub fn maintenance_tasks(deps: &Deps) -> Vec<Arc<dyn MaintenanceTask>> {
+    vec![Arc::new(RequeueStaleRows {
+        db: deps.db.clone(),
+        producer: deps.producer.clone(),
+        ledger_delay: deps.sender.ledger_delay(),
+        older_than: Duration::from_secs(300),
+        limit: 1000,
+    })]
+}
