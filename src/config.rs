@@ -34,6 +34,8 @@ pub struct Config {
     pub ses_configuration_set: Option<String>,
     /// Sends per second for SES; `None` disables the limiter.
     pub ses_max_send_rate: Option<f64>,
+    /// `DATAMAILER_SES_TIMEOUT_SECONDS`: the most one SES call may take.
+    pub ses_timeout: std::time::Duration,
     pub queue_backend: QueueBackend,
     pub mailer: MailerKind,
     pub db_max_connections: usize,
@@ -42,6 +44,9 @@ pub struct Config {
     /// Per queue, the Lambda event source mapping (UUID) that `pause`/`resume` switch.
     pub event_source_mappings: HashMap<QueueName, String>,
 }
+
+/// The SES call timeout unless `DATAMAILER_SES_TIMEOUT_SECONDS` says otherwise.
+pub const DEFAULT_SES_TIMEOUT_SECONDS: u64 = 10;
 
 /// The local Postgres over loopback, where TLS would only cost CPU.
 pub const LOCAL_DATABASE_URL: &str =
@@ -94,6 +99,16 @@ impl Config {
                 _ => {
                     errors.push(format!("DATAMAILER_SES_MAX_SEND_RATE: '{raw}' is not a number (sends per second; 0 disables)"));
                     None
+                }
+            },
+        };
+        let ses_timeout = match var("DATAMAILER_SES_TIMEOUT_SECONDS") {
+            None => std::time::Duration::from_secs(DEFAULT_SES_TIMEOUT_SECONDS),
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(n) if (1..=60).contains(&n) => std::time::Duration::from_secs(n),
+                _ => {
+                    errors.push(format!("DATAMAILER_SES_TIMEOUT_SECONDS: '{raw}' must be a whole number of seconds from 1 to 60"));
+                    std::time::Duration::from_secs(DEFAULT_SES_TIMEOUT_SECONDS)
                 }
             },
         };
@@ -168,6 +183,7 @@ impl Config {
             aws_endpoint_url: var("AWS_ENDPOINT_URL"),
             ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
             ses_max_send_rate,
+            ses_timeout,
             queue_backend,
             mailer,
             db_max_connections,

@@ -1,23 +1,24 @@
 //! Wiring: the shared services a process builds once (AWS clients, the worker pool, the send
-//! limiter, the producer) and the queue trees built from them.
+//! limiter, the producer, the circuit breakers) and the trees built from them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use datamailer_actors::{TransactionalHandler, TransactionalSettings};
+use datamailer_actors::registry::{self, Deps};
 use datamailer_core::queue::QueueName;
 use datamailer_runtime::control::QueueControl;
 use datamailer_runtime::db::{Db, PoolSettings};
 use datamailer_runtime::mailer::capture::CaptureMailer;
 use datamailer_runtime::mailer::ses::{self, SesMailer};
 use datamailer_runtime::mailer::{Mailer, SendLimiter, Sender};
+use datamailer_runtime::maintenance::{self, Maintainer};
 use datamailer_runtime::producer::{Producer, SqsProducer};
 use datamailer_runtime::source::postgres::PostgresQueue;
 use datamailer_runtime::source::sqs::SqsQueue;
 use datamailer_runtime::source::Source;
-use datamailer_runtime::tree::{Handler, TreeSpec};
+use datamailer_runtime::tree::{BreakerSettings, CircuitBreaker, TreeSpec};
 
 use crate::config::{Config, MailerKind, QueueBackend};
 
@@ -27,9 +28,12 @@ pub struct Services {
     pub config: Config,
     pub db: Db,
     pub sender: Sender,
+    pub producer: Producer,
     pub aws: Option<aws_config::SdkConfig>,
     /// Pauses and probes, shared by every tree of the process.
     pub control: Arc<QueueControl>,
+    /// One breaker per queue, kept for the life of the process (across Lambda invocations).
+    breakers: Arc<HashMap<QueueName, Arc<CircuitBreaker>>>,
 }
 
 pub async fn aws_config(config: &Config) -> aws_config::SdkConfig {
@@ -57,38 +61,53 @@ impl Services {
             MailerKind::Capture => Arc::new(CaptureMailer::new(db.clone())),
             MailerKind::Ses => Arc::new(SesMailer::new(ses::client(
                 aws.as_ref().expect("aws config"),
+                config.ses_timeout,
             ))),
         };
         let sender = Sender::new(mailer, SendLimiter::new(config.ses_max_send_rate));
+        let breakers = QueueName::ALL
+            .into_iter()
+            .map(|q| {
+                (
+                    q,
+                    Arc::new(CircuitBreaker::new(q.as_str(), BreakerSettings::default())),
+                )
+            })
+            .collect();
         Ok(Services {
+            producer: producer_with(config, aws.as_ref()),
             config: config.clone(),
             control: Arc::new(QueueControl::new(db.clone())),
             db,
             sender,
             aws,
+            breakers: Arc::new(breakers),
         })
     }
 
-    pub fn handler(&self, queue: QueueName) -> anyhow::Result<Arc<dyn Handler>> {
-        match queue {
-            QueueName::TransactionalEmail => Ok(Arc::new(TransactionalHandler::new(
-                self.db.clone(),
-                self.sender.clone(),
-                TransactionalSettings {
-                    default_from_email: self.config.default_from_email.clone(),
-                    configuration_set: self.config.ses_configuration_set.clone(),
-                    ..Default::default()
-                },
-            ))),
-            other => {
-                anyhow::bail!("the {other} queue has no worker yet (only transactional-email does)")
-            }
+    /// What the registry builds handlers and maintenance tasks from.
+    pub fn deps(&self) -> Deps {
+        Deps {
+            db: self.db.clone(),
+            sender: self.sender.clone(),
+            producer: self.producer.clone(),
+            default_from_email: self.config.default_from_email.clone(),
+            configuration_set: self.config.ses_configuration_set.clone(),
         }
     }
 
+    pub fn breaker(&self, queue: QueueName) -> Arc<CircuitBreaker> {
+        self.breakers[&queue].clone()
+    }
+
     pub async fn source(&self, queue: QueueName) -> anyhow::Result<Arc<dyn Source>> {
+        let spec = queue.spec();
         Ok(match self.config.queue_backend {
-            QueueBackend::Postgres => Arc::new(PostgresQueue::new(self.db.clone(), queue.as_str())),
+            QueueBackend::Postgres => Arc::new(
+                PostgresQueue::new(self.db.clone(), queue.as_str())
+                    .with_visibility_timeout(spec.visibility_timeout)
+                    .with_max_receives(spec.max_receives),
+            ),
             QueueBackend::Sqs => {
                 let url = self
                     .config
@@ -109,31 +128,59 @@ impl Services {
         })
     }
 
+    /// The tree of a queue, as the registry and the queue's spec describe it.
     pub async fn tree_spec(&self, queue: QueueName) -> anyhow::Result<TreeSpec> {
+        let qs = queue.spec();
         let mut spec = TreeSpec::new(
             queue.as_str(),
             self.source(queue).await?,
-            self.handler(queue)?,
+            registry::handler(queue, &self.deps())?,
         );
-        spec.concurrency = queue.default_concurrency();
+        spec.concurrency = qs.concurrency;
+        if let Some(n) = qs.batch_size {
+            spec.batch_size = n;
+        }
+        spec.max_receives = qs.max_receives;
         spec.control = Some(self.control.clone());
+        spec.breaker = Some(self.breaker(queue));
         Ok(spec)
+    }
+
+    /// The maintainer over the registry's tasks.
+    pub fn maintainer(&self) -> Maintainer {
+        Maintainer::new(self.db.clone(), registry::maintenance_tasks(&self.deps()))
+    }
+
+    /// The maintenance tree of a long-lived process, and its maintainer (to give the lease
+    /// back when the tree stops).
+    pub fn maintenance_tree(&self) -> (TreeSpec, Arc<Maintainer>) {
+        let maintainer = Arc::new(self.maintainer());
+        (
+            maintenance::tree_spec(maintainer.clone(), maintenance::TICK),
+            maintainer,
+        )
     }
 }
 
-/// The producer the web side and `enqueue` use.
+/// The producer the web side, `enqueue` and maintenance use.
 pub async fn producer(config: &Config) -> Producer {
     match config.queue_backend {
         QueueBackend::Postgres => Producer::Postgres,
-        QueueBackend::Sqs => {
-            let aws = aws_config(config).await;
+        QueueBackend::Sqs => producer_with(config, Some(&aws_config(config).await)),
+    }
+}
+
+fn producer_with(config: &Config, aws: Option<&aws_config::SdkConfig>) -> Producer {
+    match (config.queue_backend, aws) {
+        (QueueBackend::Sqs, Some(aws)) => {
             let urls: HashMap<String, String> = config
                 .sqs_queue_urls
                 .iter()
                 .map(|(q, u)| (q.as_str().to_string(), u.clone()))
                 .collect();
-            Producer::Sqs(SqsProducer::new(sqs_client(&aws), urls))
+            Producer::Sqs(SqsProducer::new(sqs_client(aws), urls))
         }
+        _ => Producer::Postgres,
     }
 }
 

@@ -58,7 +58,7 @@ impl Env {
         // No DLQ URL given: the source found it through the queue's redrive policy.
         assert_eq!(source.dlq_url(), Some(self.queues.dlq_url.as_str()));
         let db = Db::connect(&self.db.url, &PoolSettings::default()).expect("worker pool");
-        let mailer = SesMailer::new(ses::client(&self.aws));
+        let mailer = SesMailer::new(ses::client(&self.aws, Duration::from_secs(10)));
         let sender = Sender::new(Arc::new(mailer), SendLimiter::new(None));
         let handler = TransactionalHandler::new(db, sender, TransactionalSettings::default());
         let mut spec = TreeSpec::new(QUEUE, Arc::new(source), Arc::new(handler));

@@ -22,10 +22,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use datamailer_runtime::source::sqs;
 use datamailer_testkit::TestDb;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::Row;
 use support::*;
 
@@ -163,64 +162,6 @@ async fn invoke(
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("answer {text:?} is not JSON: {e}"))
 }
 
-/// Receives exactly `n` messages from the queue, as Lambda's event source mapping would.
-async fn receive(
-    sqs: &aws_sdk_sqs::Client,
-    url: &str,
-    n: usize,
-) -> Vec<aws_sdk_sqs::types::Message> {
-    let mut got = Vec::new();
-    let started = Instant::now();
-    while got.len() < n {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "received {} of {n} messages",
-            got.len()
-        );
-        let out = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages((n - got.len()) as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("ReceiveMessage");
-        got.extend(out.messages().iter().cloned());
-    }
-    got
-}
-
-/// The SQS event Lambda delivers for these messages.
-fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> Value {
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let attributes: Map<String, Value> = m
-                .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({
-                "messageId": m.message_id(),
-                "receiptHandle": m.receipt_handle(),
-                "body": m.body(),
-                "attributes": attributes,
-                "messageAttributes": {},
-                "md5OfBody": m.md5_of_body(),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            })
-        })
-        .collect();
-    json!({ "Records": records })
-}
-
 #[tokio::test]
 async fn lambda_bootstrap_reports_only_the_transient_record_as_a_batch_item_failure() {
     bootstrap_end_to_end(
@@ -323,7 +264,7 @@ async fn bootstrap_end_to_end(binary: PathBuf, args: &[&str], task_root: Option<
             .await
             .expect("SendMessage");
     }
-    let messages = receive(&sqs, &queues.url, 3).await;
+    let messages = receive_messages(&sqs, &queues.url, 3).await;
     let id_of = |body: &str| -> String {
         messages
             .iter()

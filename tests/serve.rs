@@ -210,7 +210,7 @@ async fn fake_ses(delay: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, usi
                 let v: Value = serde_json::from_str(&body).unwrap();
                 let tag = v["EmailTags"]
                     .as_array()
-                    .and_then(|tags| tags.iter().find(|t| t["Name"] == "datamailer_message_id"))
+                    .and_then(|tags| tags.iter().find(|t| t["Name"] == "datamailer_id"))
                     .and_then(|t| t["Value"].as_str())
                     .unwrap_or("?")
                     .to_string();
@@ -315,4 +315,96 @@ fn bad_configuration_is_reported_one_line_per_variable() {
             "no line for {var}: {stderr}"
         );
     }
+}
+
+/// What the review reproduced on `serve`: a row `sending` under a dead delivery's lease, with
+/// its message on the queue, was dead-lettered after 111 s. Now the message waits for the
+/// lease and the row is sent; and a row left `sending` with no message at all is brought back
+/// by `serve`'s own maintenance, with no operator.
+#[tokio::test]
+async fn serve_recovers_leased_and_orphaned_rows_by_itself() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let key = provision(&db.url);
+    let server = Server::start(&db.url, &[]).await;
+    let http = reqwest::Client::new();
+    put_template(&http, &server.base, &key).await;
+    // Two sends, handled at once; then made to look as if their deliveries died.
+    let leased = send(&http, &server.base, &key, "leased@example.com", "L").await;
+    let orphan = send(&http, &server.base, &key, "orphan@example.com", "O").await;
+    for id in [leased, orphan] {
+        for _ in 0..100 {
+            if status(&http, &server.base, &key, id).await == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    server.terminate();
+    sqlx::query("DELETE FROM captured_messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '3 seconds' WHERE id = $1")
+        .bind(leased)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
+        .bind(orphan)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The ledger says neither was accepted; only the leased one still has a message. And it
+    // all happened a while ago: the maintenance task is due again.
+    sqlx::query("DELETE FROM send_ledger")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE maintenance_runs SET last_started_at = now() - interval '10 minutes'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let body: String = sqlx::query_scalar(
+        "SELECT json_build_object('contract','transactional-email','version',1,
+            'transactional_message_id', id, 'client_id', client_id,
+            'idempotency_key', idempotency_key)::text FROM transactional_messages WHERE id = $1",
+    )
+    .bind(leased)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO queue_messages (queue, body) VALUES ('transactional-email', $1)")
+        .bind(&body)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let server = Server::start(&db.url, &[]).await;
+    for id in [leased, orphan] {
+        let mut last = String::new();
+        for _ in 0..300 {
+            last = status(&http, &server.base, &key, id).await;
+            if last == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(last, "sent", "row {id}");
+    }
+    server.terminate();
+    let dead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM queue_messages WHERE dead_lettered_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dead, 0);
+    let captured: i64 = sqlx::query_scalar("SELECT count(*) FROM captured_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(captured, 2, "each sent exactly once more");
+    db.drop_db().await;
 }

@@ -99,10 +99,9 @@ impl SendLedger {
         let sources: Vec<&str> = entries.iter().map(|e| e.source).collect();
         let conn = self.db.get().await?;
         let record = conn.prepare_cached(RECORD_SQL).await?;
-        Ok(conn
-            .execute(&record, &[&kinds, &ids, &provider, &at, &sources])
+        conn.execute(&record, &[&kinds, &ids, &provider, &at, &sources])
             .await
-            .context("writing the send ledger")?)
+            .context("writing the send ledger")
     }
 }
 

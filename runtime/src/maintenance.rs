@@ -33,8 +33,9 @@ use crate::tree::{Handler, HandlerContext, TreeSpec};
 pub const QUEUE: &str = "maintenance";
 /// How often a long-lived maintainer looks for due tasks.
 pub const TICK: Duration = Duration::from_secs(15);
-/// The lease outlives a few missed ticks, then another maintainer may take over.
-pub const LEASE_TTL: Duration = Duration::from_secs(90);
+/// The lease outlives a couple of missed ticks, then another maintainer may take over (a
+/// maintainer that stops gracefully gives it back at once).
+pub const LEASE_TTL: Duration = Duration::from_secs(45);
 
 /// What a task did in one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -287,7 +288,9 @@ impl Maintainer {
         Ok(Some(holder))
     }
 
-    async fn release(&self) {
+    /// Gives the lease back (if we hold it), so the next maintainer need not wait for it to
+    /// expire: at the end of one-off passes and when a long-lived maintainer shuts down.
+    pub async fn release(&self) {
         let released = async {
             self.db
                 .get()
@@ -338,7 +341,7 @@ impl Handler for Maintainer {
 }
 
 /// The maintenance tree for a long-lived process: a clock that ticks every `every`, one pass
-/// per tick.
+/// per tick. Call [`Maintainer::release`] once the tree has stopped.
 pub fn tree_spec(maintainer: Arc<Maintainer>, every: Duration) -> TreeSpec {
     let mut spec = TreeSpec::new(QUEUE, Arc::new(TickSource::new(every)), maintainer);
     spec.concurrency = 1;

@@ -394,9 +394,10 @@ pub(crate) async fn send_to_dlq(
 }
 
 /// One SQS batch call over `items` in chunks of ten, retrying the entries it refuses (and
-/// whole calls that fail) up to [`SETTLE_ATTEMPTS`] times. Returns the entries that still
-/// failed, with the reason.
-async fn batch_call<'a, T, F, Fut>(items: &[T], call: F) -> Vec<(T, String)>
+/// whole calls that fail) up to [`SETTLE_ATTEMPTS`] times. A chunk whose whole call keeps
+/// failing is split into single-entry calls, so one bad entry (an expired receipt handle, say)
+/// cannot sink the entries beside it. Returns the entries that still failed, with the reason.
+async fn batch_call<T, F, Fut>(items: &[T], call: F) -> Vec<(T, String)>
 where
     T: Copy,
     F: Fn(Vec<T>) -> Fut,
@@ -405,29 +406,51 @@ where
 {
     let mut failed = Vec::new();
     for chunk in items.chunks(10) {
-        let mut pending: Vec<T> = chunk.to_vec();
-        let mut last: Vec<(T, String)> = Vec::new();
-        for attempt in 0..SETTLE_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 * 4u64.pow(attempt - 1))).await;
+        let (still, whole_call_failed) = attempt(chunk.to_vec(), &call).await;
+        if whole_call_failed && chunk.len() > 1 {
+            for item in chunk {
+                failed.extend(attempt(vec![*item], &call).await.0);
             }
-            match call(pending.clone()).await {
-                Ok(refused) => {
-                    last = refused
-                        .into_iter()
-                        .filter_map(|(i, why)| Some((*pending.get(i)?, why)))
-                        .collect();
-                }
-                Err(e) => last = pending.iter().map(|t| (*t, format!("{e:#}"))).collect(),
-            }
-            if last.is_empty() {
-                break;
-            }
-            pending = last.iter().map(|(t, _)| *t).collect();
+        } else {
+            failed.extend(still);
         }
-        failed.extend(last);
     }
     failed
+}
+
+/// Up to [`SETTLE_ATTEMPTS`] calls, each over what the last one refused. Returns what is
+/// left and whether the last call failed as a whole.
+async fn attempt<T, F, Fut>(mut pending: Vec<T>, call: &F) -> (Vec<(T, String)>, bool)
+where
+    T: Copy,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<(usize, String)>>>,
+{
+    let mut last = Vec::new();
+    let mut whole = false;
+    for n in 0..SETTLE_ATTEMPTS {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(50 * 4u64.pow(n - 1))).await;
+        }
+        match call(pending.clone()).await {
+            Ok(refused) => {
+                whole = false;
+                last = refused
+                    .into_iter()
+                    .filter_map(|(i, why)| Some((*pending.get(i)?, why)))
+                    .collect();
+            }
+            Err(e) => {
+                whole = true;
+                last = pending.iter().map(|t| (*t, format!("{e:#}"))).collect();
+            }
+        }
+        if last.is_empty() {
+            break;
+        }
+        pending = last.iter().map(|(t, _)| *t).collect();
+    }
+    (last, whole)
 }
 
 pub(crate) async fn change_visibility<'a>(

@@ -1,0 +1,9 @@
+//! One module per group of subcommands; `main.rs` parses the command line and calls these.
+
+pub mod maintain;
+pub mod migrate;
+pub mod outbox;
+pub mod pause;
+pub mod provision;
+pub mod queues;
+pub mod run;

@@ -1,0 +1,191 @@
+//! Recovery inside Lambda, with the real bootstrap under cargo-lambda's emulator and SQS on
+//! moto:
+//!
+//! * the scheduled maintenance invocation (`DATAMAILER_LAMBDA_JOB=maintenance`, what the
+//!   template's EventBridge schedule invokes every minute) finds a row left `sending` with no
+//!   message and puts it back on its SQS queue; a second invocation within the minute does
+//!   nothing (not due), and the run is recorded;
+//! * a queue-worker invocation whose record's row another delivery holds reports the record as
+//!   a batch item failure, delays it until the lease ends, and does not dead-letter it.
+
+mod support;
+
+use std::time::Duration;
+
+use datamailer_core::contracts::TransactionalEmailV1;
+use datamailer_testkit::TestDb;
+use serde_json::{json, Value};
+use support::*;
+
+/// The `datamailer lambda` function under the emulator, with this test's environment.
+fn function(
+    emulator_port: u16,
+    endpoint: &str,
+    db_url: &str,
+    queues: &Queues,
+    extra: &[(&str, &str)],
+) -> Process {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("lambda");
+    lambda_function_env(&mut cmd, emulator_port, "recovery-test");
+    aws_env(&mut cmd, endpoint);
+    cmd.env("DATABASE_URL", db_url)
+        .env("DATAMAILER_QUEUE_BACKEND", "sqs")
+        .env("DATAMAILER_MAILER", "capture")
+        .env("SQS_TRANSACTIONAL_EMAIL_QUEUE_URL", &queues.url)
+        .env("SQS_TRANSACTIONAL_EMAIL_DLQ_URL", &queues.dlq_url)
+        .env("RUST_LOG", "info")
+        .envs(extra.iter().copied());
+    Process::spawn("datamailer lambda", cmd)
+}
+
+/// A transactional row written through the API (SQS backend), whose message is then lost:
+/// received and deleted, as if a duplicate had been acknowledged.
+async fn row_without_message(
+    db: &TestDb,
+    sqs: &aws_sdk_sqs::Client,
+    queues: &Queues,
+) -> (i64, String) {
+    let scope = provision(&db.pool, "support@example.com").await;
+    let web = start_web(
+        db.pool.clone(),
+        sqs_producer(sqs, &queues.url),
+        &scope.api_key,
+    )
+    .await;
+    web.put_template("welcome").await;
+    let (status, body) = web.send("orphan@example.com", "welcome", "Ada").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["message"]["id"].as_i64().unwrap();
+    let message = receive_messages(sqs, &queues.url, 1).await.remove(0);
+    let body = message.body().unwrap().to_string();
+    sqs.delete_message()
+        .queue_url(&queues.url)
+        .receipt_handle(message.receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+    (id, body)
+}
+
+#[tokio::test]
+async fn the_scheduled_maintenance_invocation_puts_an_orphaned_row_back_on_its_queue() {
+    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+        return;
+    };
+    let Some(cargo_lambda) = find_cargo_lambda() else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let aws = sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queues = create_queues(&sqs, &unique("dm-maint")).await;
+    let (id, _) = row_without_message(&db, &sqs, &queues).await;
+    // Its worker died mid-send long ago: `sending`, lease over.
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (mut emulator, port) = start_lambda_emulator(&cargo_lambda).await;
+    let mut maintenance = function(
+        port,
+        &endpoint,
+        &db.url,
+        &queues,
+        &[("DATAMAILER_LAMBDA_JOB", "maintenance")],
+    );
+    // What EventBridge Scheduler delivers (the template's schedule has no input of its own).
+    let scheduled =
+        json!({"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}});
+    let (status, answer) =
+        invoke_lambda(port, &scheduled, &mut [&mut emulator, &mut maintenance]).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let task = &answer["report"]["tasks"][0];
+    assert_eq!(task["task"], "transactional-stale-rows", "{answer}");
+    assert_eq!(task["ok"], true, "{answer}");
+    assert_eq!(task["acted_on"], 1, "{answer}");
+
+    let back = receive_messages(&sqs, &queues.url, 1).await;
+    let payload = TransactionalEmailV1::parse(back[0].body().unwrap()).unwrap();
+    assert_eq!(payload.transactional_message_id, id);
+
+    // Within the minute nothing is due: the next scheduled invocation does nothing.
+    let (status, answer) =
+        invoke_lambda(port, &scheduled, &mut [&mut emulator, &mut maintenance]).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["report"]["tasks"], json!([]), "{answer}");
+    let (ok, runs): (bool, i64) = sqlx::query_as(
+        "SELECT last_ok, runs_total FROM maintenance_runs WHERE task = 'transactional-stale-rows'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(ok);
+    assert_eq!(runs, 1);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_record_whose_row_another_delivery_holds_waits_for_the_lease_in_lambda() {
+    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+        return;
+    };
+    let Some(cargo_lambda) = find_cargo_lambda() else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let aws = sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queues = create_queues(&sqs, &unique("dm-lambda-lease")).await;
+    let queue_arn = queue_arn(&sqs, &queues.url).await;
+    let (id, body) = row_without_message(&db, &sqs, &queues).await;
+    // Another delivery holds the row for 10 more minutes.
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '10 minutes' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queues.url)
+        .message_body(&body)
+        .send()
+        .await
+        .unwrap();
+    let messages = receive_messages(&sqs, &queues.url, 1).await;
+    let record_id = messages[0].message_id().unwrap().to_string();
+
+    let (mut emulator, port) = start_lambda_emulator(&cargo_lambda).await;
+    let mut worker = function(
+        port,
+        &endpoint,
+        &db.url,
+        &queues,
+        &[("DATAMAILER_QUEUE", QUEUE)],
+    );
+    let (status, answer) = invoke_lambda(
+        port,
+        &sqs_event(&messages, &queue_arn),
+        &mut [&mut emulator, &mut worker],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": [{"itemIdentifier": record_id}]})
+    );
+    // Hidden until the lease ends (not back at once), not in the DLQ, the row untouched.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(queue_depth(&sqs, &queues.url).await, (0, 1));
+    assert_eq!(queue_depth(&sqs, &queues.dlq_url).await, (0, 0));
+    assert_eq!(message_row(&db.pool, id).await.status, "sending");
+    db.drop_db().await;
+}
