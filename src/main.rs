@@ -1,11 +1,12 @@
 //! `datamailer`: one binary, one subcommand per way of running it. This file only wires the
 //! crates together; the behaviour lives in `core`, `runtime`, `actors` and `web`.
 
+mod commands;
 mod config;
 mod database;
 mod lambda;
 mod mappings;
-mod ops;
+mod roles;
 mod secrets;
 mod services;
 
@@ -41,7 +42,17 @@ enum Command {
     /// The AWS Lambda bootstrap; the queue comes from DATAMAILER_QUEUE.
     Lambda,
     /// Apply database migrations.
-    Migrate,
+    Migrate {
+        /// Apply nothing: list pending (or changed) migrations and exit non-zero if there are any.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the runtime's maintenance (stale-row recovery and the other periodic tasks): one pass
+    /// with `--once`, else every interval until a signal. Only one maintainer acts at a time.
+    Maintain {
+        #[arg(long)]
+        once: bool,
+    },
     /// Create or update an organization/audience/client scope and print a new API key (last line).
     Provision {
         #[arg(long)]
@@ -221,36 +232,40 @@ async fn main() -> ExitCode {
         }
     }
     let result = match command {
-        Command::Serve => ops::serve(config).await,
-        Command::Web => ops::web(config).await,
-        Command::Worker { queues } => ops::worker(config, queues).await,
+        Command::Serve => commands::run::serve(config).await,
+        Command::Web => commands::run::web(config).await,
+        Command::Worker { queues } => commands::run::worker(config, queues).await,
         Command::Lambda => lambda::run(config).await,
-        Command::Migrate => ops::migrate(config).await,
+        Command::Migrate { check } => commands::migrate::migrate(config, check).await,
+        Command::Maintain { once } => commands::maintain::maintain(config, once).await,
         Command::Provision {
             org,
             audience,
             client,
             senders,
             default_sender,
-        } => ops::provision(config, org, audience, client, senders, default_sender).await,
-        Command::Enqueue { queue } => ops::enqueue(config, queue).await,
-        Command::Outbox { json, limit } => ops::outbox(config, json, limit).await,
+        } => {
+            commands::provision::provision(config, org, audience, client, senders, default_sender)
+                .await
+        }
+        Command::Enqueue { queue } => commands::queues::enqueue(config, queue).await,
+        Command::Outbox { json, limit } => commands::outbox::outbox(config, json, limit).await,
         Command::Dlq {
             action: DlqAction::List { queue },
-        } => ops::dlq_list(config, queue).await,
+        } => commands::queues::dlq_list(config, queue).await,
         Command::Dlq {
             action: DlqAction::Redrive { queue },
-        } => ops::dlq_redrive(config, queue).await,
+        } => commands::queues::dlq_redrive(config, queue).await,
         Command::Reenqueue {
             older_than_minutes,
             limit,
             dry_run,
-        } => ops::reenqueue(config, older_than_minutes, limit, dry_run).await,
-        Command::Pause { list: true, .. } => ops::paused(config).await,
+        } => commands::queues::reenqueue(config, older_than_minutes, limit, dry_run).await,
+        Command::Pause { list: true, .. } => commands::pause::paused(config).await,
         Command::Pause { queue, reason, .. } => {
-            ops::pause(config, queue.unwrap_or_default(), reason).await
+            commands::pause::pause(config, queue.unwrap_or_default(), reason).await
         }
-        Command::Resume { queue } => ops::resume(config, queue).await,
+        Command::Resume { queue } => commands::pause::resume(config, queue).await,
         Command::Smoke { .. } => unreachable!("handled above"),
         Command::ValidateInfra { .. } => unreachable!("handled above"),
     };

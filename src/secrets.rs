@@ -103,12 +103,41 @@ fn encode(raw: &str) -> String {
     out
 }
 
-/// Reads the secret and returns the database URL it describes.
-pub async fn fetch_database_url(
+/// A login from a database secret: the role name and its password.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+/// The `username` and `password` of a database secret's JSON.
+pub fn login(secret_json: &str) -> anyhow::Result<Login> {
+    #[derive(Deserialize)]
+    struct Fields {
+        username: String,
+        password: String,
+    }
+    let s: Fields = serde_json::from_str(secret_json)
+        .context("the database secret must be JSON with username and password")?;
+    anyhow::ensure!(
+        !s.username.trim().is_empty(),
+        "the database secret's username is empty"
+    );
+    anyhow::ensure!(
+        !s.password.is_empty(),
+        "the database secret's password is empty"
+    );
+    Ok(Login {
+        username: s.username,
+        password: s.password,
+    })
+}
+
+/// The `SecretString` of a secret; `env` names the variable that pointed at it, for the error.
+pub async fn read_secret(
     aws: &aws_config::SdkConfig,
     arn: &str,
-    host: Option<&str>,
-    tls: &str,
+    env: &str,
 ) -> anyhow::Result<String> {
     let client = aws_sdk_secretsmanager::Client::new(aws);
     let out = client
@@ -116,11 +145,31 @@ pub async fn fetch_database_url(
         .secret_id(arn)
         .send()
         .await
-        .with_context(|| format!("reading the database secret {arn} ({SECRET_ARN_ENV})"))?;
-    let json = out
-        .secret_string()
-        .with_context(|| format!("the database secret {arn} has no SecretString"))?;
-    database_url(json, host, tls).with_context(|| format!("the database secret {arn}"))
+        .with_context(|| format!("reading the database secret {arn} ({env})"))?;
+    out.secret_string()
+        .map(str::to_string)
+        .with_context(|| format!("the database secret {arn} ({env}) has no SecretString"))
+}
+
+/// Reads the secret and returns the database URL it describes.
+pub async fn fetch_database_url(
+    aws: &aws_config::SdkConfig,
+    arn: &str,
+    host: Option<&str>,
+    tls: &str,
+) -> anyhow::Result<String> {
+    let json = read_secret(aws, arn, SECRET_ARN_ENV).await?;
+    database_url(&json, host, tls).with_context(|| format!("the database secret {arn}"))
+}
+
+/// The TLS query for URLs built from a secret, from `DATAMAILER_DATABASE_SSLMODE`,
+/// `DATAMAILER_DATABASE_SSLROOTCERT` and the bundled RDS CA (see [`tls_query`]).
+pub fn tls_from_env() -> String {
+    tls_query(
+        var(SSLMODE_ENV).as_deref(),
+        var(SSLROOTCERT_ENV).as_deref(),
+        bundled_ca().as_deref(),
+    )
 }
 
 /// Overrides the secret's `host` (e.g. the RDS Proxy endpoint; the secret names the instance).
@@ -138,11 +187,7 @@ pub async fn resolve(config: &mut Config) -> anyhow::Result<()> {
     };
     let aws = services::aws_config(config).await;
     let host = var(HOST_ENV);
-    let tls = tls_query(
-        var(SSLMODE_ENV).as_deref(),
-        var(SSLROOTCERT_ENV).as_deref(),
-        bundled_ca().as_deref(),
-    );
+    let tls = tls_from_env();
     config.database_url = Some(fetch_database_url(&aws, &arn, host.as_deref(), &tls).await?);
     tracing::info!(secret = %arn, tls = tls.trim_start_matches('?'), "database credentials read from Secrets Manager");
     Ok(())

@@ -169,9 +169,16 @@ async fn smoke_checks_a_served_stack_on_moto() {
         "SES sandbox exit",
         "alarm routing",
         "restore drill",
+        "lambda concurrency quota",
     ] {
         assert!(has("HUMAN", human), "HUMAN {human} missing:\n{stdout}");
     }
+    let quota = &got[&("HUMAN".into(), "lambda concurrency quota".into())];
+    assert!(
+        quota.starts_with("the template reserves ")
+            && quota.contains("the account quota must be >= "),
+        "{quota}"
+    );
     assert_eq!(out.status.code(), Some(1), "a FAIL makes the exit code 1");
 
     // The worker consumed the probe: recorded, deleted from the queue, nothing emailed or
@@ -219,5 +226,10 @@ async fn smoke_fails_when_the_web_is_down_and_skips_what_it_cannot_reach() {
         "{stdout}"
     );
     assert!(stdout.contains("HUMAN: SES and SNS: skipped"), "{stdout}");
+    // The quota check is printed whatever else could run.
+    assert!(
+        stdout.contains("HUMAN: lambda concurrency quota: the template reserves "),
+        "{stdout}"
+    );
     assert_eq!(out.status.code(), Some(1));
 }

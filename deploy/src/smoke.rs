@@ -16,7 +16,9 @@
 //!   bounces, complaints and deliveries (`GetConfigurationSetEventDestinations`) and a
 //!   confirmed subscription of the SES events topic to the ses-webhooks queue
 //!   (`ListSubscriptionsByTopic`).
-//! * HUMAN: DNS records, SES sandbox exit approval, alarm routing to on-call, restore drill.
+//! * HUMAN: DNS records, SES sandbox exit approval, alarm routing to on-call, restore drill, and
+//!   the account's Lambda concurrency quota against what the template (the one this binary was
+//!   built with) reserves.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -288,7 +290,21 @@ pub async fn run(opts: &SmokeOptions, print: bool) -> Vec<Check> {
     for (name, detail) in HUMAN_CHECKS {
         r.add(Status::Human, name, *detail);
     }
+    if let Some((name, detail)) = concurrency_quota_check() {
+        r.add(Status::Human, name, detail);
+    }
     r.checks
+}
+
+/// The template this binary ships with (its reservations are what the account must allow).
+const TEMPLATE: &str = include_str!("../../infra/cloudformation/datamailer-mvp.json");
+
+/// `(check, detail)` of the Lambda concurrency quota line, as `validate-infra` prints it.
+pub fn concurrency_quota_check() -> Option<(&'static str, String)> {
+    let template: serde_json::Value = serde_json::from_str(TEMPLATE).ok()?;
+    let line = crate::validate::concurrency_quota(crate::validate::reserved_concurrency(&template));
+    let (name, detail) = line.split_once(": ")?;
+    (name == "lambda concurrency quota").then(|| ("lambda concurrency quota", detail.to_string()))
 }
 
 /// Checks no API can settle (docs/operations.md explains each).
@@ -296,7 +312,7 @@ pub const HUMAN_CHECKS: &[(&str, &str)] = &[
     ("DNS records", "the SES DKIM CNAMEs, the MAIL FROM MX/SPF records and DMARC are published in the domain's DNS"),
     ("SES sandbox exit", "AWS approved production access for this account and region (a support case; staging may stay in the sandbox)"),
     ("alarm routing", "the alarm topic has a confirmed on-call subscription and a test notification reached a person"),
-    ("restore drill", "a snapshot of the database was restored to a scratch instance and `datamailer migrate` ran against it"),
+    ("restore drill", "a snapshot of the database was restored to a new instance, `datamailer migrate --check` passed against it and the data was verified, with start and end times recorded (docs/operations.md, Postgres restore drill)"),
 ];
 
 /// True when any check failed.
@@ -695,5 +711,21 @@ mod tests {
         };
         assert_eq!(c.to_string(), "HUMAN: DNS records: published");
         assert!(!any_failed(std::slice::from_ref(&c)));
+    }
+
+    #[test]
+    fn the_concurrency_quota_line_carries_the_templates_reserved_total() {
+        let (name, detail) = concurrency_quota_check().expect("the bundled template parses");
+        let template: serde_json::Value = serde_json::from_str(TEMPLATE).unwrap();
+        let reserved = crate::validate::reserved_concurrency(&template);
+        assert!(reserved > 0);
+        assert_eq!(name, "lambda concurrency quota");
+        assert_eq!(
+            detail,
+            format!(
+                "the template reserves {reserved}; the account quota must be >= {} (aws service-quotas get-service-quota --service-code lambda --quota-code L-B99A9384)",
+                reserved + 100
+            )
+        );
     }
 }

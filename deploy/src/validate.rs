@@ -14,8 +14,19 @@
 //!   pointing at its own resources, and an exactly scoped role (see [`check_role`]);
 //! * the SES event path: SNS subscription of the ses-webhooks queue (raw delivery off) and the
 //!   queue policy letting the topic send;
-//! * the database: encrypted, private, snapshot on delete/replace;
-//! * the Postgres connection budget for the default instance class and each parameter file's;
+//! * each queue worker's deadline margin: it stops starting SES sends at deadline − (SES timeout
+//!   + 5 s), so `Timeout ≥ 2 × (DATAMAILER_SES_TIMEOUT_SECONDS (default 10) + 5)`;
+//! * the migrate and maintenance functions, the maintenance schedule and its alarms, each role
+//!   exactly scoped ([`jobs`]);
+//! * who may read which database secret and invoke which function ([`access`]): only the migrate
+//!   function's role reads the master secret; the web host reads only the app secret and invokes
+//!   only the migrate function; the scheduler invokes only the maintenance function;
+//! * the database: encrypted, private, snapshot on delete/replace, `MultiAZ` a parameter (true in
+//!   the production files);
+//! * the Postgres connection budget for the default instance class and each parameter file's,
+//!   counting the maintenance and migrate functions;
+//! * HUMAN (printed, never failing): the account's Lambda concurrency quota must leave
+//!   [`UNRESERVED_MINIMUM`] unreserved after the template's reservations;
 //! * every custom metric (`Datamailer` namespace) used by an alarm or the dashboard is emitted by
 //!   the code (`datamailer_runtime::telemetry::EMITTED_METRICS`, which a test keeps equal to the
 //!   names in the code), listed in [`INFRA_METRICS`], and — for web-host metrics — selected by
@@ -26,6 +37,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value};
+
+mod access;
+mod jobs;
 
 /// How a custom metric reaches CloudWatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +84,14 @@ pub const MAX_CONNECTIONS: &[(&str, u32)] = &[
 pub const CONNECTION_HEADROOM: u32 = 10;
 /// The worker pool per Lambda environment when the function sets no `DATAMAILER_DB_MAX_CONNECTIONS`.
 pub const LAMBDA_POOL_DEFAULT: u32 = 2;
+/// The migrate job holds one connection.
+pub const MIGRATE_POOL: u32 = 1;
+/// `DATAMAILER_SES_TIMEOUT_SECONDS` when a function does not set it.
+pub const SES_TIMEOUT_DEFAULT: i64 = 10;
+/// A queue worker stops starting SES sends this long (plus the SES timeout) before its deadline.
+pub const SEND_STOP_MARGIN: i64 = 5;
+/// Lambda refuses reservations that leave fewer unreserved executions than this.
+pub const UNRESERVED_MINIMUM: i64 = 100;
 /// The web pool when web.env.example sets no `DATAMAILER_DB_MAX_CONNECTIONS` (src/config.rs).
 pub const WEB_POOL_DEFAULT: u32 = 8;
 /// The queues whose workers send mail (and alone may call SES).
@@ -134,6 +156,8 @@ impl Options {
 pub struct Report {
     pub checks: usize,
     pub failures: Vec<String>,
+    /// What only a person can check, one `<check>: <detail>` each (printed as `HUMAN: ...`).
+    pub human: Vec<String>,
 }
 
 impl Report {
@@ -156,6 +180,9 @@ impl Report {
 pub fn run(template: &Path, config_dir: &Path) -> ExitCode {
     let opts = Options::new(template, config_dir);
     let report = validate(&opts);
+    for h in &report.human {
+        println!("HUMAN: {h}");
+    }
     if report.ok() {
         println!(
             "validate-infra: OK: {} checks passed ({}, {})",
@@ -211,12 +238,35 @@ pub fn validate(opts: &Options) -> Report {
     let t = Template::new(&template);
     let param_files = check_parameter_files(&t, &opts.config_dir, &mut r);
     let workers = check_workers(&t, &mut r);
+    let jobs = jobs::check_jobs(&t, &workers, &mut r);
+    access::check_secret_readers(&t, &jobs, &mut r);
+    access::check_lambda_permissions(&t, &jobs, &mut r);
     check_ses_event_path(&t, &mut r);
-    check_mapping_switch(&t, &mut r);
-    check_database(&t, &mut r);
-    check_connection_budget(&t, &workers, &opts.config_dir, &param_files, &mut r);
+    check_database(&t, &param_files, &mut r);
+    check_connection_budget(&t, &workers, &jobs, &opts.config_dir, &param_files, &mut r);
     check_metrics(&t, opts, &mut r);
+    r.human
+        .push(concurrency_quota(reserved_concurrency(&template)));
     r
+}
+
+/// Σ ReservedConcurrentExecutions over the template's functions (literal numbers only).
+pub fn reserved_concurrency(template: &Value) -> i64 {
+    template["Resources"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|r| r["Type"] == "AWS::Lambda::Function")
+        .filter_map(|f| as_int(&f["Properties"]["ReservedConcurrentExecutions"]))
+        .sum()
+}
+
+/// The HUMAN line about the account's Lambda concurrency quota (`validate-infra` and `smoke`).
+pub fn concurrency_quota(reserved: i64) -> String {
+    format!(
+        "lambda concurrency quota: the template reserves {reserved}; the account quota must be >= {} (aws service-quotas get-service-quota --service-code lambda --quota-code L-B99A9384)",
+        reserved + UNRESERVED_MINIMUM
+    )
 }
 
 // ------------------------------------------------------------------------------- template access
@@ -431,12 +481,18 @@ fn check_parameter_files(t: &Template, dir: &Path, r: &mut Report) -> Vec<ParamF
 
 // ------------------------------------------------------------------------------------ workers
 
-/// What the budget needs to know about a worker.
+/// What the budget and the maintenance checks need to know about a worker.
 struct Worker {
     queue: String,
     function: String,
     reserved: Option<i64>,
     pool: u32,
+    /// The queue it consumes (logical id).
+    queue_id: Option<String>,
+    /// `DATAMAILER_DATABASE_SECRET_ARN` (a secret's logical id).
+    secret: Option<String>,
+    /// `DATAMAILER_DATABASE_HOST`, as written in the template.
+    db_host: Value,
 }
 
 fn check_workers(t: &Template, r: &mut Report) -> Vec<Worker> {
@@ -450,6 +506,16 @@ fn check_workers(t: &Template, r: &mut Report) -> Vec<Worker> {
         let Some(queue) = env["DATAMAILER_QUEUE"].as_str() else {
             continue;
         };
+        if env["DATAMAILER_LAMBDA_JOB"]
+            .as_str()
+            .is_some_and(|j| j != "queue")
+        {
+            r.fail(format!(
+                "{fid}: sets both DATAMAILER_QUEUE and DATAMAILER_LAMBDA_JOB={}; a function does one job",
+                show(&env["DATAMAILER_LAMBDA_JOB"])
+            ));
+            continue;
+        }
         let queue = queue.to_string();
         r.check(QUEUES.contains(&queue.as_str()), || {
             format!("{fid}: DATAMAILER_QUEUE={queue} is not a queue the runtime knows")
@@ -491,6 +557,24 @@ fn check_workers(t: &Template, r: &mut Report) -> Vec<Worker> {
                 3
             }),
         };
+        // The deadline margin: sends stop at deadline − (SES timeout + 5 s), which must leave
+        // at least as long again for the batch's work.
+        let ses_timeout = match &env["DATAMAILER_SES_TIMEOUT_SECONDS"] {
+            Value::Null => SES_TIMEOUT_DEFAULT,
+            v => as_int(v).unwrap_or_else(|| {
+                r.fail(format!(
+                    "{fid}: DATAMAILER_SES_TIMEOUT_SECONDS must be a literal number"
+                ));
+                SES_TIMEOUT_DEFAULT
+            }),
+        };
+        let margin = ses_timeout + SEND_STOP_MARGIN;
+        r.check(timeout >= 2 * margin, || {
+            format!(
+                "{fid}: Timeout {timeout} s is below 2 × (SES timeout {ses_timeout} s + {SEND_STOP_MARGIN} s) = {} s: the worker stops starting SES sends {margin} s before its deadline, which must leave at least as long for the batch",
+                2 * margin
+            )
+        });
         let reserved = as_int(&p["ReservedConcurrentExecutions"]);
         r.check(reserved.is_some_and(|n| n >= 1), || {
             format!("{fid}: ReservedConcurrentExecutions must be a literal number ≥ 1 (it bounds Postgres connections)")
@@ -665,6 +749,9 @@ fn check_workers(t: &Template, r: &mut Report) -> Vec<Worker> {
             function: fid.to_string(),
             reserved,
             pool,
+            queue_id,
+            secret: secret_id,
+            db_host: env["DATAMAILER_DATABASE_HOST"].clone(),
         });
     }
     // One worker per queue, one role per worker.
@@ -734,6 +821,42 @@ fn own_log_group(t: &Template, p: &Value) -> Option<(String, String)> {
         .map(|(lid, _)| (lid.to_string(), want))
 }
 
+/// Every role of a function or service is trusted by that service alone and keeps its
+/// permissions inline: no managed policies, no separate policy resources attached to it.
+fn check_role_basics(t: &Template, r: &mut Report, rid: &str, service: &str, what: &str) {
+    let p = t.props(rid);
+    let trust_ok = as_list(&p["AssumeRolePolicyDocument"]["Statement"])
+        .iter()
+        .all(|st| {
+            as_list(&st["Principal"]["Service"])
+                .iter()
+                .all(|v| *v == service)
+                && st["Principal"].get("AWS").is_none()
+        });
+    r.check(trust_ok, || {
+        format!("{rid}: only {service} may assume {what}")
+    });
+    r.check(
+        p["ManagedPolicyArns"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        || format!("{rid}: no managed policies on {what} (they grant more than it needs)"),
+    );
+    for (pid, pol) in t
+        .of_type("AWS::IAM::Policy")
+        .into_iter()
+        .chain(t.of_type("AWS::IAM::ManagedPolicy"))
+        .chain(t.of_type("AWS::IAM::RolePolicy"))
+    {
+        let pp = &pol["Properties"];
+        let attaches = as_list(&pp["Roles"]).iter().any(|v| ref_of(v) == Some(rid))
+            || ref_of(&pp["RoleName"]) == Some(rid);
+        r.check(!attaches, || {
+            format!("{pid}: attaches a policy to {what} {rid}; keep its permissions in the role's inline policy")
+        });
+    }
+}
+
 struct RoleScope<'a> {
     role: &'a str,
     function: &'a str,
@@ -753,36 +876,7 @@ struct RoleScope<'a> {
 fn check_role(t: &Template, r: &mut Report, s: &RoleScope) {
     let rid = s.role;
     let p = t.props(rid);
-    let trust_ok = as_list(&p["AssumeRolePolicyDocument"]["Statement"])
-        .iter()
-        .all(|st| {
-            as_list(&st["Principal"]["Service"])
-                .iter()
-                .all(|v| *v == "lambda.amazonaws.com")
-                && st["Principal"].get("AWS").is_none()
-        });
-    r.check(trust_ok, || {
-        format!("{rid}: only lambda.amazonaws.com may assume a worker role")
-    });
-    r.check(
-        p["ManagedPolicyArns"]
-            .as_array()
-            .is_none_or(|a| a.is_empty()),
-        || format!("{rid}: no managed policies on a worker role (they grant more than its own queue, log group and secret)"),
-    );
-    for (pid, pol) in t
-        .of_type("AWS::IAM::Policy")
-        .into_iter()
-        .chain(t.of_type("AWS::IAM::ManagedPolicy"))
-        .chain(t.of_type("AWS::IAM::RolePolicy"))
-    {
-        let pp = &pol["Properties"];
-        let attaches = as_list(&pp["Roles"]).iter().any(|v| ref_of(v) == Some(rid))
-            || ref_of(&pp["RoleName"]) == Some(rid);
-        r.check(!attaches, || {
-            format!("{pid}: attaches a policy to worker role {rid}; keep its permissions in the role's inline policy")
-        });
-    }
+    check_role_basics(t, r, rid, "lambda.amazonaws.com", "a worker role");
 
     let mut granted: BTreeSet<String> = BTreeSet::new();
     for policy in as_list(&p["Policies"]) {
@@ -935,49 +1029,6 @@ fn check_role(t: &Template, r: &mut Report, s: &RoleScope) {
 
 // ----------------------------------------------------------------------------- SES event path
 
-/// Roles that may switch event source mappings (the web host's, for `datamailer pause`) may do
-/// only that, and only on this stack's mappings: each `lambda:` action is
-/// Get/UpdateEventSourceMapping, on `event-source-mapping:${<a mapping of this template>}` ARNs.
-fn check_mapping_switch(t: &Template, r: &mut Report) {
-    const ALLOWED: [&str; 2] = [
-        "lambda:GetEventSourceMapping",
-        "lambda:UpdateEventSourceMapping",
-    ];
-    for (rid, _) in t.of_type("AWS::IAM::Role") {
-        for policy in as_list(&t.props(rid)["Policies"]) {
-            for st in as_list(&policy["PolicyDocument"]["Statement"]) {
-                let actions: Vec<&str> = as_list(&st["Action"])
-                    .into_iter()
-                    .filter_map(Value::as_str)
-                    .filter(|a| a.starts_with("lambda:"))
-                    .collect();
-                if actions.is_empty() || st["Effect"] != "Allow" {
-                    continue;
-                }
-                let sid = st["Sid"].as_str().unwrap_or("(no Sid)");
-                for action in &actions {
-                    r.check(ALLOWED.contains(action), || {
-                        format!("{rid}: {action} in statement {sid}; only Get/UpdateEventSourceMapping may be granted on Lambda")
-                    });
-                }
-                for resource in as_list(&st["Resource"]) {
-                    let mapping = sub_text(resource)
-                        .and_then(|s| s.split(":event-source-mapping:${").nth(1))
-                        .and_then(|rest| rest.strip_suffix('}'));
-                    let ok =
-                        mapping.is_some_and(|m| t.is_type(m, "AWS::Lambda::EventSourceMapping"));
-                    r.check(ok, || {
-                        format!(
-                            "{rid}: lambda actions on resource {} in statement {sid}; allow them only on this stack's event source mappings",
-                            show(resource)
-                        )
-                    });
-                }
-            }
-        }
-    }
-}
-
 fn check_ses_event_path(t: &Template, r: &mut Report) {
     let Some(qid) = t
         .of_type("AWS::Lambda::Function")
@@ -1059,7 +1110,7 @@ fn check_ses_event_path(t: &Template, r: &mut Report) {
 
 // ----------------------------------------------------------------------------------- database
 
-fn check_database(t: &Template, r: &mut Report) {
+fn check_database(t: &Template, param_files: &[ParamFile], r: &mut Report) {
     let dbs = t.of_type("AWS::RDS::DBInstance");
     r.check(dbs.len() == 1, || {
         format!(
@@ -1084,6 +1135,38 @@ fn check_database(t: &Template, r: &mut Report) {
         r.check(!p["BackupRetentionPeriod"].is_null(), || {
             format!("{id}: BackupRetentionPeriod must be set (automated backups)")
         });
+        let multi_az = ref_of(&p["MultiAZ"]).filter(|name| {
+            t.params.get(*name).is_some_and(|def| {
+                let mut allowed: Vec<&str> = as_list(&def["AllowedValues"])
+                    .into_iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                allowed.sort();
+                allowed == ["false", "true"]
+            })
+        });
+        r.check(multi_az.is_some(), || {
+            format!(
+                "{id}: MultiAZ is {}; it must be Ref a parameter with AllowedValues true/false (DBMultiAZ) so production can run a standby",
+                show(&p["MultiAZ"])
+            )
+        });
+        if let Some(name) = multi_az {
+            for f in param_files
+                .iter()
+                .filter(|f| f.name.starts_with("production."))
+            {
+                r.check(
+                    f.values.get(name).map(String::as_str) == Some("true"),
+                    || {
+                        format!(
+                            "{}: {name} must be true (production runs a standby in a second AZ)",
+                            f.name
+                        )
+                    },
+                );
+            }
+        }
         r.check(
             p["Engine"] == "postgres"
                 && (ref_of(&p["EngineVersion"]).is_some()
@@ -1129,6 +1212,7 @@ fn web_pool(config_dir: &Path, r: &mut Report) -> u32 {
 fn check_connection_budget(
     t: &Template,
     workers: &[Worker],
+    jobs: &jobs::Jobs,
     config_dir: &Path,
     param_files: &[ParamFile],
     r: &mut Report,
@@ -1167,6 +1251,10 @@ fn check_connection_budget(
         let res = w.reserved.unwrap_or(0).max(0) as u32;
         total += res * w.pool;
         terms.push(format!("{} {res}×{}", w.queue, w.pool));
+    }
+    for (name, reserved, pool) in &jobs.budget {
+        total += reserved * pool;
+        terms.push(format!("{name} {reserved}×{pool}"));
     }
     for (class, source) in sources {
         let Some(max) = max_connections(&class) else {

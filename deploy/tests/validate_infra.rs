@@ -229,7 +229,7 @@ fn reserved_concurrency_past_the_connection_budget_fails() {
     );
     assert_fails_with(
         &f,
-        "transactional-email 40×2 = 100 > max_connections 81 − headroom 10 = 71",
+        "transactional-email 40×2 + maintenance 1×2 + migrate 1×1 = 103 > max_connections 81 − headroom 10 = 71",
     );
     assert_fails_with(
         &f,
@@ -309,4 +309,347 @@ fn a_private_parameter_file_with_replace_left_fails() {
         "production.parameters.private.json: VpcId still holds a REPLACE placeholder",
     );
     assert_eq!(f.len(), 1, "{}", f.join("\n"));
+}
+
+fn statements<'a>(t: &'a mut Value, role: &str) -> &'a mut Vec<Value> {
+    t["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("{role} has no inline statements"))
+}
+
+fn env<'a>(t: &'a mut Value, function: &str) -> &'a mut serde_json::Map<String, Value> {
+    t["Resources"][function]["Properties"]["Environment"]["Variables"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{function} has no environment"))
+}
+
+fn remove_resource(t: &mut Value, id: &str) {
+    t["Resources"]
+        .as_object_mut()
+        .unwrap()
+        .remove(id)
+        .unwrap_or_else(|| panic!("no resource {id}"));
+}
+
+#[test]
+fn only_the_migrate_function_may_read_the_master_secret() {
+    // The web host, as before this release.
+    let f = failures_after(|t| {
+        statement(t, "WebRole", "ReadAppDatabaseSecret")["Resource"] =
+            json!([{"Ref": "AppDatabaseSecret"}, {"Ref": "DatabaseMasterSecret"}]);
+    });
+    assert_fails_with(
+        &f,
+        "WebRole: secretsmanager:GetSecretValue on Ref DatabaseMasterSecret in statement ReadAppDatabaseSecret reaches the database master secret; only the migrate function's role (MigrateFunctionRole) may read it",
+    );
+    // A worker, through a wildcard action on a wildcard secret ARN.
+    let f = failures_after(|t| {
+        statements(t, "SesWebhooksWorkerRole").push(json!({"Sid": "AllSecrets", "Effect": "Allow",
+            "Action": "secretsmanager:*",
+            "Resource": {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:/datamailer/*"}}));
+    });
+    assert_fails_with(
+        &f,
+        "SesWebhooksWorkerRole: secretsmanager:* on Sub arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:/datamailer/* in statement AllSecrets reaches the database master secret",
+    );
+    // The web host reads only the app secret (the worker's is not its business either).
+    let f = failures_after(|t| {
+        statement(t, "WebRole", "ReadAppDatabaseSecret")["Resource"] =
+            json!([{"Ref": "AppDatabaseSecret"}, {"Ref": "WorkerDatabaseSecret"}]);
+    });
+    assert_fails_with(
+        &f,
+        "WebRole: secretsmanager:GetSecretValue on Ref WorkerDatabaseSecret in statement ReadAppDatabaseSecret; the web host may read only the app database secret (AppDatabaseSecret)",
+    );
+}
+
+#[test]
+fn the_web_role_may_invoke_only_the_migrate_function() {
+    let f = failures_after(|t| {
+        statement(t, "WebRole", "RunMigrations")["Resource"] =
+            json!({"Fn::GetAtt": ["MaintenanceFunction", "Arn"]});
+    });
+    assert_fails_with(
+        &f,
+        "WebRole: lambda:InvokeFunction in statement RunMigrations on GetAtt MaintenanceFunction.Arn; the web host may invoke only MigrateFunction",
+    );
+    assert_fails_with(
+        &f,
+        "WebRole: lacks lambda:InvokeFunction on GetAtt MigrateFunction.Arn (release.sh runs the migrations through it)",
+    );
+    // A worker may invoke nothing.
+    let f = failures_after(|t| {
+        statements(t, "TransactionalEmailWorkerRole").push(json!({"Sid": "Invoke", "Effect": "Allow",
+            "Action": "lambda:InvokeFunction", "Resource": {"Fn::GetAtt": ["MigrateFunction", "Arn"]}}));
+    });
+    assert_fails_with(
+        &f,
+        "TransactionalEmailWorkerRole: lambda:InvokeFunction in statement Invoke on GetAtt MigrateFunction.Arn; only the web host (the migrate function) and the maintenance schedule (the maintenance function) may invoke functions",
+    );
+    // Nor through a resource policy.
+    let f = failures_after(|t| {
+        t["Resources"]["OpenMigrate"] = json!({"Type": "AWS::Lambda::Permission", "Properties": {
+            "FunctionName": {"Ref": "MigrateFunction"}, "Action": "lambda:InvokeFunction",
+            "Principal": {"Ref": "AWS::AccountId"}}});
+    });
+    assert_fails_with(&f, "OpenMigrate: a resource policy on Ref MigrateFunction");
+}
+
+#[test]
+fn the_migrate_function_and_its_role_are_scoped_exactly() {
+    let f = failures_after(|t| {
+        statements(t, "MigrateFunctionRole").push(json!({"Sid": "Queue", "Effect": "Allow",
+            "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["TransactionalEmailQueue", "Arn"]}}));
+        statement(t, "MigrateFunctionRole", "ReadDatabaseSecrets")["Resource"] =
+            json!([{"Ref": "DatabaseMasterSecret"}, {"Ref": "AppDatabaseSecret"}]);
+    });
+    assert_fails_with(
+        &f,
+        "MigrateFunctionRole: sqs:SendMessage is not needed by the migrate function's role (statement Queue)",
+    );
+    assert_fails_with(
+        &f,
+        "MigrateFunctionRole: lacks secretsmanager:GetSecretValue on WorkerDatabaseSecret",
+    );
+    let f = failures_after(|t| {
+        t["Resources"]["MigrateFunction"]["Properties"]["ReservedConcurrentExecutions"] = json!(3);
+        env(t, "MigrateFunction").insert(
+            "DATAMAILER_DATABASE_SECRET_ARN".into(),
+            json!({"Ref": "AppDatabaseSecret"}),
+        );
+        t["Resources"]["MigrateFunction"]["Properties"]["VpcConfig"]["SecurityGroupIds"] =
+            json!([{"Ref": "WebSecurityGroup"}]);
+    });
+    assert_fails_with(
+        &f,
+        "MigrateFunction: ReservedConcurrentExecutions must be 1 (one migrate at a time), not 3",
+    );
+    assert_fails_with(
+        &f,
+        "MigrateFunction: DATAMAILER_DATABASE_SECRET_ARN must be the master secret (the database's MasterUserPassword), not AppDatabaseSecret",
+    );
+    assert_fails_with(&f, "MigrateFunction: VpcConfig must be the queue workers'");
+    let f = failures_after(|t| remove_resource(t, "MigrateFunction"));
+    assert_fails_with(
+        &f,
+        "template: needs exactly one function with DATAMAILER_LAMBDA_JOB=migrate, found 0",
+    );
+}
+
+#[test]
+fn the_maintenance_function_and_its_role_are_scoped_exactly() {
+    let f = failures_after(|t| {
+        statement(t, "MaintenanceFunctionRole", "ReenqueueToSourceQueues")["Resource"] = json!([
+            {"Fn::GetAtt": ["TransactionalEmailQueue", "Arn"]},
+            {"Fn::GetAtt": ["CampaignEmailQueue", "Arn"]},
+            {"Fn::GetAtt": ["SesWebhooksQueue", "Arn"]},
+            {"Fn::GetAtt": ["TransactionalEmailDLQ", "Arn"]},
+        ]);
+        statement(t, "MaintenanceFunctionRole", "ReadWorkerDatabaseSecret")["Resource"] =
+            json!([{"Ref": "WorkerDatabaseSecret"}, {"Ref": "AppDatabaseSecret"}]);
+        statements(t, "MaintenanceFunctionRole").push(json!({"Sid": "Ses", "Effect": "Allow",
+            "Action": "ses:SendEmail", "Resource": {"Ref": "SESSenderIdentityArns"}}));
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceFunctionRole: sqs:SendMessage on GetAtt TransactionalEmailDLQ.Arn in statement ReenqueueToSourceQueues; only TransactionalEmailQueue, CampaignEmailQueue, SesWebhooksQueue, EmailEventsQueue are allowed",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunctionRole: lacks sqs:sendmessage on EmailEventsQueue",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunctionRole: secretsmanager:GetSecretValue on Ref AppDatabaseSecret in statement ReadWorkerDatabaseSecret; only WorkerDatabaseSecret is allowed",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunctionRole: ses:SendEmail is not needed by the maintenance function's role",
+    );
+    let f = failures_after(|t| {
+        let e = env(t, "MaintenanceFunction");
+        e.remove("SQS_EMAIL_EVENTS_QUEUE_URL");
+        e.insert(
+            "DATAMAILER_DATABASE_HOST".into(),
+            json!("db.example.internal"),
+        );
+        t["Resources"]["MaintenanceFunction"]["Properties"]["Timeout"] = json!(300);
+        remove_resource(t, "MaintenanceFunctionInvokeConfig");
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: SQS_EMAIL_EVENTS_QUEUE_URL must be Ref EmailEventsQueue",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: DATAMAILER_DATABASE_HOST must be the queue workers'",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: Timeout must be 60 s (one run per minute), not 300",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: needs an AWS::Lambda::EventInvokeConfig with MaximumRetryAttempts 0",
+    );
+    let f = failures_after(|t| remove_resource(t, "MaintenanceFunction"));
+    assert_fails_with(
+        &f,
+        "template: needs exactly one function with DATAMAILER_LAMBDA_JOB=maintenance, found 0",
+    );
+}
+
+#[test]
+fn the_maintenance_schedule_runs_every_minute_through_a_role_that_only_invokes_it() {
+    let f = failures_after(|t| {
+        let p = &mut t["Resources"]["MaintenanceSchedule"]["Properties"];
+        p["ScheduleExpression"] = json!("rate(5 minutes)");
+        p["FlexibleTimeWindow"] = json!({"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 5});
+        p["Target"]["RetryPolicy"]["MaximumRetryAttempts"] = json!(3);
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceSchedule: ScheduleExpression must be rate(1 minute), not rate(5 minutes); FlexibleTimeWindow.Mode must be OFF (run at the minute); Target.RetryPolicy.MaximumRetryAttempts must be 0",
+    );
+    let f = failures_after(|t| {
+        statement(t, "MaintenanceScheduleRole", "InvokeMaintenance")["Resource"] =
+            json!({"Fn::GetAtt": ["TransactionalEmailWorker", "Arn"]});
+        statements(t, "MaintenanceScheduleRole").push(json!({"Sid": "Sqs", "Effect": "Allow",
+            "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["TransactionalEmailQueue", "Arn"]}}));
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceScheduleRole: lambda:InvokeFunction in statement InvokeMaintenance on GetAtt TransactionalEmailWorker.Arn; the maintenance schedule may invoke only MaintenanceFunction",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceScheduleRole: lacks lambda:InvokeFunction on GetAtt MaintenanceFunction.Arn",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceScheduleRole: sqs:SendMessage in statement Sqs; the schedule's role may only invoke the maintenance function",
+    );
+    let f = failures_after(|t| {
+        t["Resources"]["MaintenanceScheduleRole"]["Properties"]["AssumeRolePolicyDocument"]
+            ["Statement"][0]["Principal"]["Service"] = json!("events.amazonaws.com");
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceScheduleRole: only scheduler.amazonaws.com may assume the schedule's role",
+    );
+    let f = failures_after(|t| remove_resource(t, "MaintenanceSchedule"));
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: needs exactly one AWS::Scheduler::Schedule targeting it (GetAtt MaintenanceFunction.Arn), found 0",
+    );
+}
+
+#[test]
+fn the_maintenance_alarms_fire_on_errors_and_on_silence() {
+    let f = failures_after(|t| {
+        t["Resources"]["MaintenanceNotRunningAlarm"]["Properties"]["TreatMissingData"] =
+            json!("notBreaching");
+        t["Resources"]["MaintenanceErrorsAlarm"]["Properties"]["DatapointsToAlarm"] = json!(3);
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceNotRunningAlarm: TreatMissingData must be breaching (a schedule that stopped sends no data)",
+    );
+    assert_fails_with(
+        &f,
+        "MaintenanceErrorsAlarm: must evaluate 2 of 3 periods of 300 s",
+    );
+    let f = failures_after(|t| {
+        remove_resource(t, "MaintenanceNotRunningAlarm");
+        remove_resource(t, "MaintenanceErrorsAlarm");
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: no \"not running\" alarm on its AWS/Lambda Invocations",
+    );
+    assert_fails_with(&f, "MaintenanceFunction: no alarm on its AWS/Lambda Errors");
+}
+
+#[test]
+fn multi_az_is_a_parameter_that_production_turns_on() {
+    let f = failures_after(|t| {
+        t["Resources"]["DatabaseInstance"]["Properties"]["MultiAZ"] = json!(false);
+    });
+    assert_fails_with(
+        &f,
+        "DatabaseInstance: MultiAZ is false; it must be Ref a parameter with AllowedValues true/false (DBMultiAZ)",
+    );
+    let copy = Copy::new(&shipped_template());
+    let path = copy.config("production.parameters.example.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut params: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let multi_az = params
+        .iter_mut()
+        .find(|p| p["ParameterKey"] == "DBMultiAZ")
+        .expect("the production example sets DBMultiAZ");
+    multi_az["ParameterValue"] = json!("false");
+    std::fs::write(&path, serde_json::to_string_pretty(&params).unwrap()).unwrap();
+    assert_fails_with(
+        &copy.failures(),
+        "production.parameters.example.json: DBMultiAZ must be true",
+    );
+}
+
+#[test]
+fn a_queue_worker_timeout_must_leave_room_for_the_send_deadline_margin() {
+    let f = failures_after(|t| {
+        t["Resources"]["TransactionalEmailWorker"]["Properties"]["Timeout"] = json!(20);
+        env(t, "CampaignEmailWorker").insert("DATAMAILER_SES_TIMEOUT_SECONDS".into(), json!("60"));
+    });
+    assert_fails_with(
+        &f,
+        "TransactionalEmailWorker: Timeout 20 s is below 2 × (SES timeout 10 s + 5 s) = 30 s",
+    );
+    assert_fails_with(
+        &f,
+        "CampaignEmailWorker: Timeout 120 s is below 2 × (SES timeout 60 s + 5 s) = 130 s",
+    );
+    // A timeout long enough for the margin still needs the queue's visibility to follow.
+    let f = failures_after(|t| {
+        t["Resources"]["SesWebhooksWorker"]["Properties"]["Timeout"] = json!(40);
+    });
+    assert_fails_with(
+        &f,
+        "SesWebhooksQueue: VisibilityTimeout 180 s is below 6 × SesWebhooksWorker's Timeout 40 s = 240 s",
+    );
+    assert!(
+        !f.iter().any(|l| l.contains("SES timeout")),
+        "{}",
+        f.join("\n")
+    );
+}
+
+#[test]
+fn the_connection_budget_counts_the_maintenance_and_migrate_functions() {
+    let f = failures_after(|t| {
+        env(t, "MaintenanceFunction").insert("DATAMAILER_DB_MAX_CONNECTIONS".into(), json!("45"));
+    });
+    assert_fails_with(
+        &f,
+        "maintenance 1×45 + migrate 1×1 = 74 > max_connections 81 − headroom 10 = 71",
+    );
+}
+
+#[test]
+fn the_lambda_concurrency_quota_is_a_human_check_with_the_reserved_total() {
+    let opts = Options::new(
+        repo().join("infra/cloudformation/datamailer-mvp.json"),
+        repo().join("infra/config"),
+    );
+    let report = validate(&opts);
+    let expected = "lambda concurrency quota: the template reserves 12; the account quota must be >= 112 (aws service-quotas get-service-quota --service-code lambda --quota-code L-B99A9384)";
+    assert!(
+        report.human.iter().any(|h| h == expected),
+        "{:?}",
+        report.human
+    );
+    let mut t = shipped_template();
+    t["Resources"]["TransactionalEmailWorker"]["Properties"]["ReservedConcurrentExecutions"] =
+        json!(10);
+    assert_eq!(datamailer_deploy::validate::reserved_concurrency(&t), 18);
 }

@@ -2,14 +2,16 @@
 # Host release for the datamailer web host (run as root over SSM Session Manager / Run Command).
 #
 #   release.sh --version V [--from-s3 s3://bucket/key]   install/activate release V
-#   release.sh --rollback                                  re-activate the previous release
+#   release.sh --rollback [--version V]                    re-activate the previous release (or the
+#                                                          installed release V); no migrations
 #   release.sh --render-only                               only re-render /etc/datamailer/environment
 #
-# A release: render /etc/datamailer/environment from the CloudFormation stack outputs, Secrets
-# Manager and SSM parameters under /<project>/<environment>/web/; create or update the Postgres
-# roles datamailer_app (web) and datamailer_worker (Lambda workers) idempotently; run
-# `datamailer migrate` as the master user; switch /opt/datamailer/current; restart datamailer and
-# caddy; wait for /health/. A rollback only switches the symlink back and restarts (migrations are
+# A release: render /etc/datamailer/environment from the CloudFormation stack outputs, the app
+# database secret and SSM parameters under /<project>/<environment>/web/; invoke the stack's
+# migrate Lambda function (migrations, then the datamailer_app and datamailer_worker roles, with
+# the master credential only that function may read) and stop on its error; switch
+# /opt/datamailer/current; restart datamailer and caddy; wait for /health/. A rollback only
+# switches the symlink back to the previous release and restarts: no migrations (they are
 # forward-only: the previous binary must work with the newer schema, see docs/operations.md).
 #
 # Where the host belongs comes from /etc/datamailer/deploy.env (written by the template's UserData):
@@ -19,8 +21,6 @@ set -euo pipefail
 ROOT=/opt/datamailer
 ENV_FILE=/etc/datamailer/environment
 DEPLOY_ENV=/etc/datamailer/deploy.env
-APP_CONNECTION_LIMIT=${APP_CONNECTION_LIMIT:-12}      # web pool (8) + operator commands
-WORKER_CONNECTION_LIMIT=${WORKER_CONNECTION_LIMIT:-24} # sum(reserved concurrency x 2) = 20, + margin
 
 log() { printf 'release: %s\n' "$*" >&2; }
 die() { printf 'release: error: %s\n' "$*" >&2; exit 1; }
@@ -32,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --from-s3) from_s3=${2:?--from-s3 needs an s3:// URI}; shift 2 ;;
     --rollback) mode=rollback; shift ;;
     --render-only) mode=render; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -71,9 +71,8 @@ load_stack() {
   db_host=$(output DatabaseEndpoint)
   db_port=$(output DatabasePort)
   db_name=$(output DatabaseName)
+  # The only secret this host may read; the master one is the migrate function's alone.
   app_secret=$(secret "$(output AppDatabaseSecretArn)")
-  worker_secret=$(secret "$(output WorkerDatabaseSecretArn)")
-  master_secret=$(secret "$(output DatabaseMasterSecretArn)")
 }
 
 render_environment() {
@@ -122,46 +121,32 @@ render_environment() {
   fi
 }
 
-# Idempotent: roles are created if missing and their passwords/limits/grants re-applied every time.
-# Migrations run as the master user, which therefore owns the tables; default privileges make
-# tables created by later migrations visible to both roles without another grant.
-ensure_roles() {
-  local master_user app_pw worker_pw
-  master_user=$(jq -r .username <<<"$master_secret")
-  app_pw=$(jq -r .password <<<"$app_secret")
-  worker_pw=$(jq -r .password <<<"$worker_secret")
-  PGPASSWORD=$(jq -r .password <<<"$master_secret") psql "host=$db_host port=$db_port dbname=$db_name user=$master_user ${pg_tls//&/ }" \
-    -v ON_ERROR_STOP=1 -q -X \
-    -v app_pw="$app_pw" -v worker_pw="$worker_pw" -v db="$db_name" -v owner="$master_user" \
-    -v app_limit="$APP_CONNECTION_LIMIT" -v worker_limit="$WORKER_CONNECTION_LIMIT" <<'SQL'
-SELECT 'CREATE ROLE datamailer_app LOGIN'
- WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'datamailer_app') \gexec
-SELECT 'CREATE ROLE datamailer_worker LOGIN'
- WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'datamailer_worker') \gexec
-ALTER ROLE datamailer_app    WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_pw'    CONNECTION LIMIT :app_limit;
-ALTER ROLE datamailer_worker WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'worker_pw' CONNECTION LIMIT :worker_limit;
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT CONNECT ON DATABASE :"db" TO datamailer_app, datamailer_worker;
-GRANT USAGE ON SCHEMA public TO datamailer_app, datamailer_worker;
--- web: the API reads and writes every table.
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO datamailer_app;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO datamailer_app;
--- workers: read and write rows, never DELETE/TRUNCATE, never DDL.
-GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO datamailer_worker;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO datamailer_worker;
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
-  GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO datamailer_app;
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
-  GRANT SELECT, INSERT, UPDATE ON TABLES TO datamailer_worker;
-ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
-  GRANT USAGE, SELECT ON SEQUENCES TO datamailer_app, datamailer_worker;
-SQL
-  log "roles datamailer_app and datamailer_worker in place"
-}
-
-migrate() { # migrate BINARY
-  DATABASE_URL=$(pg_url "$master_secret") "$1" migrate
-  log "migrations applied"
+# Migrations and the login roles run in the migrate Lambda function (same artifact, the stack's
+# LambdaArtifactKey, so deploy the stack with the new artifact before releasing its web binary):
+# it alone may read the master secret, and holds it only while an invocation runs. The job is
+# idempotent; an error fails the invocation and so the release, before anything is switched.
+run_migrations() {
+  local fn answer meta status err body
+  fn=$(output MigrateFunctionName)
+  answer=$(mktemp)
+  # One attempt (a CLI retry of a slow invoke would queue behind reserved concurrency 1) and a
+  # read timeout past the function's 300 s timeout.
+  if ! meta=$(AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name "$fn" \
+      --cli-binary-format raw-in-base64-out --payload '{"source":"release.sh"}' \
+      --cli-read-timeout 330 --output json "$answer"); then
+    rm -f "$answer"
+    die "could not invoke the migrate function $fn (see above)"
+  fi
+  body=$(cat "$answer")
+  rm -f "$answer"
+  status=$(jq -r '.StatusCode // empty' <<<"$meta")
+  err=$(jq -r '.FunctionError // empty' <<<"$meta")
+  if [[ $status != 200 || -n $err ]]; then
+    die "the migrate function $fn failed (${err:-status $status}): $(jq -r '.errorMessage // .' <<<"$body" 2>/dev/null || printf '%s' "$body"); its log: aws logs tail /aws/lambda/$fn --since 15m"
+  fi
+  jq -e '(.applied | type) == "array" and (.roles | length) == 2' <<<"$body" >/dev/null 2>&1 \
+    || die "unexpected answer from the migrate function $fn: $body"
+  log "migrations: applied $(jq -c .applied <<<"$body") of $(jq .pending_before <<<"$body") pending; roles $(jq -r '.roles | join(", ")' <<<"$body") in place"
 }
 
 switch_to() { # switch_to RELEASE_DIR
@@ -195,8 +180,14 @@ case $mode in
     render_environment
     ;;
   rollback)
-    prev=$(readlink "$ROOT/previous" || true)
-    [[ -n $prev && -x $prev/datamailer ]] || die "no previous release recorded in $ROOT/previous"
+    if [[ -n $version ]]; then
+      [[ $version =~ ^[A-Za-z0-9._-]+$ ]] || die "bad version: $version"
+      prev=$ROOT/releases/$version
+      [[ -x $prev/datamailer ]] || die "$prev/datamailer missing (installed releases: $(ls "$ROOT/releases" | tr '\n' ' '))"
+    else
+      prev=$(readlink "$ROOT/previous" || true)
+      [[ -n $prev && -x $prev/datamailer ]] || die "no previous release recorded in $ROOT/previous"
+    fi
     load_stack
     render_environment
     switch_to "$prev"
@@ -214,8 +205,7 @@ case $mode in
     [[ -x $dir/datamailer ]] || die "$dir/datamailer missing (bake it into the AMI or pass --from-s3)"
     load_stack
     render_environment
-    migrate "$dir/datamailer"
-    ensure_roles
+    run_migrations
     switch_to "$dir"
     restart_and_check
     ;;

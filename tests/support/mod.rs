@@ -86,6 +86,15 @@ pub struct Queues {
 }
 
 pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> Queues {
+    create_queues_with(sqs, name, 5).await
+}
+
+/// A source queue and its DLQ whose redrive policy moves a message after `max_receives`.
+pub async fn create_queues_with(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    max_receives: u32,
+) -> Queues {
     let dlq_url = sqs
         .create_queue()
         .queue_name(format!("{name}-dlq"))
@@ -106,7 +115,8 @@ pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> Queues {
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .expect("DLQ arn")
         .clone();
-    let policy = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string();
+    let policy =
+        json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}).to_string();
     let url = sqs
         .create_queue()
         .queue_name(name)
@@ -416,4 +426,328 @@ impl Drop for PrivateMoto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ------------------------------------------------------------------ databases and login roles
+
+/// An empty database (no migrations), optionally owned by `owner` — as RDS's database is owned
+/// by its master user. Dropped (best effort) by [`EmptyDb::drop_db`].
+pub struct EmptyDb {
+    pub name: String,
+    /// As the test server's admin (`postgres`, trust auth).
+    pub url: String,
+}
+
+impl EmptyDb {
+    /// `None` (a failure under CI) when Postgres is down.
+    pub async fn create(owner: Option<&str>) -> Option<EmptyDb> {
+        use sqlx::Connection;
+        let admin = datamailer_testkit::admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                datamailer_testkit::unavailable("Postgres", e);
+                return None;
+            }
+        };
+        let name = unique("dm_empty").replace('-', "_");
+        let owner = owner.map(|o| format!(" OWNER \"{o}\"")).unwrap_or_default();
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}{owner}"))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let (base, _) = admin.rsplit_once('/').expect("admin url has a database");
+        Some(EmptyDb {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    /// Drops the database; then `roles` (cluster-global, so tests clean up their own).
+    pub async fn drop_db(self, roles: &[&str]) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&datamailer_testkit::admin_url()).await {
+            let _ = sqlx::raw_sql(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+            for role in roles {
+                let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+/// A database secret on moto for `username` (the shape of the stack's secrets); returns its ARN.
+pub async fn login_secret(
+    aws: &SdkConfig,
+    username: &str,
+    password: &str,
+    host: &str,
+    dbname: &str,
+) -> String {
+    let secret = json!({"username": username, "password": password, "host": host,
+                        "port": 5432, "dbname": dbname, "engine": "postgres"});
+    aws_sdk_secretsmanager::Client::new(aws)
+        .create_secret()
+        .name(unique("dm-login-secret"))
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .expect("CreateSecret")
+        .arn()
+        .expect("secret arn")
+        .to_string()
+}
+
+/// Whether a stored `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` verifier (from
+/// `pg_authid.rolpassword`) was made from `password` (RFC 5802/7677; for passwords SASLprep
+/// leaves unchanged, e.g. ASCII or composed accents). The test server trusts every login, so this is how a test proves the password.
+pub fn scram_verifier_matches(verifier: &str, password: &str) -> bool {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key size");
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let Some(rest) = verifier.strip_prefix("SCRAM-SHA-256$") else {
+        return false;
+    };
+    let Some((params, keys)) = rest.split_once('$') else {
+        return false;
+    };
+    let (Some((iterations, salt)), Some((stored_key, server_key))) =
+        (params.split_once(':'), keys.split_once(':'))
+    else {
+        return false;
+    };
+    let (Ok(iterations), Ok(salt), Ok(stored_key), Ok(server_key)) = (
+        iterations.parse::<u32>(),
+        b64.decode(salt),
+        b64.decode(stored_key),
+        b64.decode(server_key),
+    ) else {
+        return false;
+    };
+    // Hi(password, salt, i): PBKDF2-HMAC-SHA-256 with one output block.
+    let mut u = hmac(
+        password.as_bytes(),
+        &[salt.as_slice(), &[0, 0, 0, 1]].concat(),
+    );
+    let mut salted = u.clone();
+    for _ in 1..iterations {
+        u = hmac(password.as_bytes(), &u);
+        salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+    }
+    let client_key = hmac(&salted, b"Client Key");
+    Sha256::digest(&client_key).as_slice() == stored_key.as_slice()
+        && hmac(&salted, b"Server Key") == server_key
+}
+
+// ------------------------------------------------------------------------ the Lambda emulator
+
+/// A child process killed when the test ends (also on panic); its output is printed when the
+/// test fails or `DATAMAILER_TEST_SHOW_LOGS` is set.
+pub struct Process {
+    name: &'static str,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &'static str, mut cmd: std::process::Command) -> Process {
+        use std::process::Stdio;
+        let log = std::env::temp_dir().join(unique(&format!("dm-{name}")) + ".log");
+        let out = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process { name, child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited early ({status}):\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("DATAMAILER_TEST_SHOW_LOGS").is_some() {
+            eprintln!("----- {} output -----\n{}", self.name, self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// cargo-lambda: `DATAMAILER_TEST_CARGO_LAMBDA`, then the workspace's `.venv`, then `PATH`.
+/// `None` (a failure under CI) when it is nowhere.
+pub fn find_cargo_lambda() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Ok(p) = std::env::var("DATAMAILER_TEST_CARGO_LAMBDA") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/cargo-lambda");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("cargo-lambda"))
+            .find(|p| p.exists())
+    });
+    if found.is_none() {
+        datamailer_testkit::unavailable("cargo-lambda", "not found (.venv/bin or PATH)");
+    }
+    found
+}
+
+/// `cargo lambda watch --only-lambda-apis` on a free port (retried if another process takes
+/// the port first): the Runtime API a function started by the test polls, and the Invoke API.
+pub async fn start_lambda_emulator(cargo_lambda: &std::path::Path) -> (Process, u16) {
+    for attempt in 1..=3 {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(cargo_lambda);
+        cmd.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1"])
+            .args(["-P", &port.to_string()])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let mut emulator = Process::spawn("cargo-lambda", cmd);
+        let started = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (emulator, port);
+            }
+            if let Some(status) = emulator.child.try_wait().unwrap() {
+                assert!(
+                    attempt < 3,
+                    "cargo-lambda exited ({status}):\n{}",
+                    emulator.log()
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cargo-lambda did not listen on {port} within 20 s:\n{}",
+                emulator.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!()
+}
+
+/// The environment the emulator expects of a function started outside it.
+pub fn lambda_function_env(cmd: &mut std::process::Command, emulator_port: u16, name: &str) {
+    cmd.env(
+        "AWS_LAMBDA_RUNTIME_API",
+        format!("http://127.0.0.1:{emulator_port}/.rt"),
+    )
+    .env("AWS_LAMBDA_FUNCTION_NAME", name)
+    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256");
+}
+
+/// Invokes the emulator's function with `event`: (HTTP status, body). Fails fast, with the
+/// logs, if a watched process dies meanwhile.
+pub async fn invoke_lambda(
+    port: u16,
+    event: &Value,
+    watched: &mut [&mut Process],
+) -> (u16, String) {
+    let request = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
+        ))
+        .json(event)
+        .timeout(Duration::from_secs(60))
+        .send();
+    tokio::pin!(request);
+    let response = loop {
+        tokio::select! {
+            r = &mut request => break r.unwrap_or_else(|e| panic!("invoke failed: {e}")),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                for p in watched.iter_mut() {
+                    p.assert_running();
+                }
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("invoke body"))
+}
+
+/// Receives exactly `n` messages from the queue, as Lambda's event source mapping would.
+pub async fn receive_messages(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    n: usize,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "received {} of {n} messages",
+            got.len()
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages((n - got.len()) as i32)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        got.extend(out.messages().iter().cloned());
+    }
+    got
+}
+
+/// The SQS event Lambda delivers for these messages.
+pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> Value {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    json!({ "Records": records })
 }
