@@ -135,7 +135,9 @@ start_samplers() { # $1 = file prefix
 stop_samplers() {
   local p
   for p in "${SAMPLER_PIDS[@]:-}"; do
-    [[ -n "$p" ]] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
+    # A backgrounded function is a subshell: end its children (the psql) first, or they keep
+    # polling every 100 ms after the run and slow every later one.
+    [[ -n "$p" ]] && { pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; } || true
   done
   SAMPLER_PIDS=()
 }

@@ -1,10 +1,10 @@
 -- Recovery that holds without an operator (docs/architecture.md, "Recovery").
 --
--- Fencing: every receive of an embedded-queue message stamps a fresh receipt, and every claim
--- of a transactional row a fresh lease token; settling and recording match them, so a holder
--- whose visibility or lease ran out cannot overwrite the current one.
-ALTER TABLE queue_messages ADD COLUMN receipt uuid;
-ALTER TABLE transactional_messages ADD COLUMN lease_token uuid;
+-- Fencing: every receive of an embedded-queue message bumps its receipt, and settling matches
+-- it, so a consumer whose visibility ran out cannot settle the current holder's message. (A
+-- transactional row's claim is fenced the same way by `send_attempts`, which every claim
+-- bumps.)
+ALTER TABLE queue_messages ADD COLUMN receipt bigint NOT NULL DEFAULT 0;
 
 -- The maintainer lease: one maintainer acts at a time across processes and Lambda
 -- environments; it expires by itself when its holder dies.

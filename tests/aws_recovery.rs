@@ -47,7 +47,7 @@ async fn a_row_leased_by_a_dead_delivery_waits_on_sqs_without_reaching_the_dlq()
     assert_eq!(status, 202, "{body}");
     let id = body["message"]["id"].as_i64().unwrap();
     // A delivery claimed the row and died; its lease ends in 4 s.
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '4 seconds' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', send_attempts = send_attempts + 1, lease_expires_at = now() + interval '4 seconds' WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
         .await

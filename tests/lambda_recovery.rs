@@ -84,7 +84,7 @@ async fn the_scheduled_maintenance_invocation_puts_an_orphaned_row_back_on_its_q
     let queues = create_queues(&sqs, &unique("dm-maint")).await;
     let (id, _) = row_without_message(&db, &sqs, &queues).await;
     // Its worker died mid-send long ago: `sending`, lease over.
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', send_attempts = send_attempts + 1, lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
         .await
@@ -148,7 +148,7 @@ async fn a_record_whose_row_another_delivery_holds_waits_for_the_lease_in_lambda
     let queue_arn = queue_arn(&sqs, &queues.url).await;
     let (id, body) = row_without_message(&db, &sqs, &queues).await;
     // Another delivery holds the row for 10 more minutes.
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '10 minutes' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', send_attempts = send_attempts + 1, lease_expires_at = now() + interval '10 minutes' WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
         .await

@@ -346,12 +346,12 @@ async fn serve_recovers_leased_and_orphaned_rows_by_itself() {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '3 seconds' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', send_attempts = send_attempts + 1, lease_expires_at = now() + interval '3 seconds' WHERE id = $1")
         .bind(leased)
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', ses_message_id = '', send_attempts = send_attempts + 1, lease_expires_at = now() - interval '1 minute', updated_at = now() - interval '30 minutes' WHERE id = $1")
         .bind(orphan)
         .execute(&db.pool)
         .await

@@ -3,13 +3,13 @@
 //! Per batch, set-wise:
 //! 1. Parse each message against the `transactional-email` v1 contract; a malformed one is
 //!    poison and goes to the dead-letter queue at once, with the reason.
-//! 2. Claim: one statement moves every `queued` row of the batch to `sending` with a lease and
-//!    a fresh lease token, and returns every row's state, its contact's suppression flags and
+//! 2. Claim: one statement moves every `queued` row of the batch to `sending` with a lease
+//!    (bumping `send_attempts`, which fences the claim), and returns every row's state, its contact's suppression flags and
 //!    its client's fallback sender. Rows already terminal are acknowledged; a payload that does
 //!    not match its row fails the row (`queue_payload_mismatch`); a row another delivery holds
 //!    is **deferred until its lease ends** (never counted, never dead-lettered).
 //! 3. A `sending` row whose lease has expired (its worker died between SES and the database)
-//!    is reclaimed (new token) and reconciled against the send ledger first: if the provider
+//!    is reclaimed (`send_attempts` bumped again) and reconciled against the send ledger first: if the provider
 //!    accepted it, it is recorded as sent without sending again. For SES the ledger learns
 //!    from `Send` events, so a row is reclaimed only [`Sender::ledger_delay`] after its lease
 //!    ended; before that it is deferred.
@@ -18,7 +18,7 @@
 //! 5. Send the rest through the shared sender (transactional lane: first in the SES budget).
 //!    Once the batch's context says stop (deadline, shutdown), nothing new is sent: the rows
 //!    not sent are released back to `queued` and their messages deferred.
-//! 6. Record every result in one statement (row state + its event), fenced by the lease token:
+//! 6. Record every result in one statement (row state + its event), fenced by `send_attempts`:
 //!    a holder whose lease was taken over records nothing. If that write fails, the rows stay
 //!    `sending` under their lease, so a redelivery does not send them again.
 //!
@@ -92,8 +92,9 @@ struct Row {
     /// Seconds until the row's lease ends (negative once it has ended).
     lease_left: f64,
     claimed: bool,
-    /// The lease token of our claim, when we hold the row.
-    token: Option<String>,
+    /// Our claim's fence: the row's `send_attempts` as our claim left it (every claim bumps
+    /// it), when we hold the row.
+    token: Option<i32>,
     client_id: i64,
     idempotency_key: String,
     email: String,
@@ -110,8 +111,8 @@ struct Row {
 /// What happened to a row, to be written in the record statement.
 struct Recorded {
     id: i64,
-    /// Our claim's token (None for a row we never claimed: only a `queued` row is changed).
-    token: Option<String>,
+    /// Our claim's fence (None for a row we never claimed: only a `queued` row is changed).
+    token: Option<i32>,
     status: &'static str,
     ses_message_id: String,
     error: String,
@@ -126,12 +127,11 @@ WITH input AS (
 claimed AS (
     UPDATE transactional_messages m
     SET status = 'sending', lease_expires_at = now() + make_interval(secs => $4),
-        lease_token = gen_random_uuid(),
         send_attempts = m.send_attempts + 1, last_error = '', updated_at = now()
     FROM input i
     WHERE m.id = i.id AND m.client_id = i.client_id AND m.idempotency_key = i.idempotency_key
       AND m.status = 'queued'
-    RETURNING m.id, m.lease_token
+    RETURNING m.id, m.send_attempts
 )
 SELECT i.id, m.id IS NOT NULL,
        coalesce(m.client_id = i.client_id AND m.idempotency_key = i.idempotency_key, false),
@@ -141,7 +141,7 @@ SELECT i.id, m.id IS NOT NULL,
        coalesce(m.subject, ''), coalesce(m.html_body, ''), coalesce(m.text_body, ''),
        coalesce(m.metadata, '{}'::jsonb),
        coalesce(ct.hard_bounced_at IS NOT NULL, false), coalesce(ct.complained_at IS NOT NULL, false),
-       c.lease_token::text
+       c.send_attempts
 FROM input i
 LEFT JOIN transactional_messages m ON m.id = i.id
 LEFT JOIN claimed c ON c.id = i.id
@@ -152,19 +152,19 @@ LEFT JOIN clients cl ON cl.id = m.client_id";
 /// gone, and the provider's word about them has had time to arrive).
 const RECLAIM_SQL: &str = "
 UPDATE transactional_messages
-SET lease_expires_at = now() + make_interval(secs => $2), lease_token = gen_random_uuid(),
+SET lease_expires_at = now() + make_interval(secs => $2),
     send_attempts = send_attempts + 1, updated_at = now()
 WHERE id = ANY($1) AND status = 'sending'
   AND lease_expires_at < now() - make_interval(secs => $3)
-RETURNING id, lease_token::text";
+RETURNING id, send_attempts";
 
 /// Records results: the row's new state and its event, in one statement. Fenced: a claimed
-/// row changes only while our lease token is still its token (a holder whose lease was taken
+/// row changes only while its `send_attempts` is still our claim's (a holder whose lease was taken
 /// over writes nothing); an unclaimed row only while it is still `queued`.
 const RECORD_SQL: &str = "
 WITH r AS (
     SELECT u.*, $7::timestamptz AS at
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $8::text[])
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $8::int[])
         AS u(id, status, ses_message_id, error, event_type, event_metadata, token)
 ),
 updated AS (
@@ -174,12 +174,11 @@ updated AS (
         sent_at = CASE WHEN r.status = 'sent' THEN r.at ELSE m.sent_at END,
         last_error = r.error,
         lease_expires_at = NULL,
-        lease_token = NULL,
         updated_at = now()
     FROM r
     WHERE m.id = r.id
       AND CASE WHEN r.token IS NULL THEN m.status = 'queued'
-               ELSE m.status = 'sending' AND m.lease_token = r.token::uuid END
+               ELSE m.status = 'sending' AND m.send_attempts = r.token END
     RETURNING m.id, m.client_id, m.contact_id, r.event_type, r.event_metadata
 )
 INSERT INTO email_events (transactional_message_id, client_id, contact_id, event_type, metadata)
@@ -279,7 +278,7 @@ const GAVE_UP_SQL: &str = "
 WITH g AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS g(id, reason)),
 failed AS (
     UPDATE transactional_messages m
-    SET status = 'failed', last_error = g.reason, lease_expires_at = NULL, lease_token = NULL,
+    SET status = 'failed', last_error = g.reason, lease_expires_at = NULL,
         updated_at = now()
     FROM g WHERE m.id = g.id AND m.status = 'queued'
     RETURNING m.id, m.client_id, m.contact_id, g.reason
@@ -426,7 +425,7 @@ impl TransactionalHandler {
                 };
                 records.push(Recorded {
                     id,
-                    token: row.token.clone(),
+                    token: row.token,
                     status: "skipped",
                     ses_message_id: String::new(),
                     error: reason.into(),
@@ -447,12 +446,7 @@ impl TransactionalHandler {
             let found = self.ledger.accepted(KIND, &reconcile).await?;
             to_send.retain(|(i, id, _)| match found.get(id) {
                 Some(ses_id) => {
-                    records.push(sent_record(
-                        *id,
-                        rows[id].token.clone(),
-                        ses_id.clone(),
-                        now,
-                    ));
+                    records.push(sent_record(*id, rows[id].token, ses_id.clone(), now));
                     outcomes.push((*i, Outcome::Ack));
                     false
                 }
@@ -467,7 +461,7 @@ impl TransactionalHandler {
             .await;
         let mut sent_indices = Vec::new();
         for ((i, id, _), result) in to_send.iter().zip(results) {
-            let token = rows[id].token.clone();
+            let token = rows[id].token;
             match result {
                 Ok(receipt) => {
                     records.push(sent_record(*id, token, receipt.message_id, now));
@@ -545,7 +539,7 @@ impl TransactionalHandler {
         let errors: Vec<&str> = records.iter().map(|r| r.error.as_str()).collect();
         let event_types: Vec<Option<&str>> = records.iter().map(|r| r.event_type).collect();
         let metas: Vec<&Value> = records.iter().map(|r| &r.event_metadata).collect();
-        let tokens: Vec<Option<&str>> = records.iter().map(|r| r.token.as_deref()).collect();
+        let tokens: Vec<Option<i32>> = records.iter().map(|r| r.token).collect();
         let mut last_error = None;
         for attempt in 0..3u32 {
             if attempt > 0 {
@@ -652,7 +646,7 @@ fn not_sent_outcome(e: &SendError) -> Outcome {
 
 fn sent_record(
     id: i64,
-    token: Option<String>,
+    token: Option<i32>,
     ses_message_id: String,
     at: chrono::DateTime<Utc>,
 ) -> Recorded {

@@ -77,7 +77,7 @@ async fn a_row_leased_by_a_dead_delivery_is_waited_for_then_sent_never_dead_lett
     let Some(f) = fixture().await else { return };
     let (id, body) = f.queued("leased@example.com", json!({})).await;
     // A delivery claimed the row and died: `sending`, its lease ends in 2 s.
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() + interval '2 seconds' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', send_attempts = send_attempts + 1, lease_expires_at = now() + interval '2 seconds' WHERE id = $1")
         .bind(id)
         .execute(f.pool())
         .await
@@ -101,7 +101,7 @@ async fn a_row_left_sending_with_no_message_is_brought_back_by_maintenance() {
     let Some(f) = fixture().await else { return };
     let (id, _) = f.queued("orphan@example.com", json!({})).await;
     // Its worker died and its message is gone (acknowledged by a duplicate, or expired).
-    sqlx::query("UPDATE transactional_messages SET status = 'sending', lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 second', updated_at = now() - interval '10 minutes' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET status = 'sending', send_attempts = send_attempts + 1, lease_expires_at = now() - interval '1 second', updated_at = now() - interval '10 minutes' WHERE id = $1")
         .bind(id)
         .execute(f.pool())
         .await
@@ -169,13 +169,13 @@ async fn a_holder_whose_lease_was_taken_over_records_nothing() {
     let slow = tokio::spawn(async move { handler.handle(&ctx(), &[delivery(&body)]).await });
     mailer.started.notified().await;
     // While the first holder is stuck in SES, its lease is taken over by another delivery.
-    sqlx::query("UPDATE transactional_messages SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '15 minutes' WHERE id = $1")
+    sqlx::query("UPDATE transactional_messages SET send_attempts = send_attempts + 1, lease_expires_at = now() + interval '15 minutes' WHERE id = $1")
         .bind(id)
         .execute(f.pool())
         .await
         .unwrap();
-    let token_now: String =
-        sqlx::query_scalar("SELECT lease_token::text FROM transactional_messages WHERE id = $1")
+    let token_now: i32 =
+        sqlx::query_scalar("SELECT send_attempts FROM transactional_messages WHERE id = $1")
             .bind(id)
             .fetch_one(f.pool())
             .await
@@ -188,8 +188,8 @@ async fn a_holder_whose_lease_was_taken_over_records_nothing() {
         "sending",
         "the stale holder overwrote the row"
     );
-    let token_after: String =
-        sqlx::query_scalar("SELECT lease_token::text FROM transactional_messages WHERE id = $1")
+    let token_after: i32 =
+        sqlx::query_scalar("SELECT send_attempts FROM transactional_messages WHERE id = $1")
             .bind(id)
             .fetch_one(f.pool())
             .await
@@ -223,14 +223,13 @@ async fn a_batch_told_to_stop_releases_the_rows_it_did_not_send() {
     for id in [a, b] {
         let row = f.row(id).await;
         assert_eq!(row.get::<String, _>("status"), "queued", "left leased");
-        let token: Option<String> = sqlx::query_scalar(
-            "SELECT lease_token::text FROM transactional_messages WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(f.pool())
-        .await
-        .unwrap();
-        assert_eq!(token, None);
+        let lease: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT lease_expires_at FROM transactional_messages WHERE id = $1")
+                .bind(id)
+                .fetch_one(f.pool())
+                .await
+                .unwrap();
+        assert_eq!(lease, None);
     }
     assert!(
         f.captured().await.is_empty(),

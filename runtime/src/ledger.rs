@@ -2,12 +2,13 @@
 //! so a row whose worker died between the SES call and its record is reconciled instead of
 //! blindly sent again.
 //!
-//! Every send carries two tags ([`KIND_TAG`], [`ID_TAG`]) naming the row it sends. Whoever
-//! learns that the provider accepted a send writes `(kind, id, provider message id)` here:
-//! * the capture mailer, in the same statement that stores the message (so it is exact);
-//! * for SES, the ses-webhooks handler from SES `Send` events (which carry our tags). Those
-//!   arrive asynchronously, so a reclaimed row waits [`SES_EVENT_GRACE`] past its lease before
-//!   "no entry" is taken to mean "never accepted".
+//! Every send carries two tags ([`KIND_TAG`], [`ID_TAG`]) naming the row it sends. The
+//! provider's word comes from two places, read together by one query:
+//! * `send_ledger`, written by the ses-webhooks handler from SES `Send` events (which carry
+//!   our tags). Those arrive asynchronously, so a reclaimed row waits [`SES_EVENT_GRACE`] past
+//!   its lease before "no entry" is taken to mean "never accepted";
+//! * `captured_messages`: the capture mailer's rows, written in the statement that accepts
+//!   them (exact, and nothing extra on the send path: this is read only when a lease expired).
 //!
 //! Handlers ask [`SendLedger::accepted`] before re-sending a row whose lease expired.
 
@@ -35,7 +36,7 @@ pub struct LedgerEntry {
     pub id: i64,
     pub provider_message_id: String,
     pub accepted_at: DateTime<Utc>,
-    /// Who said so: `capture`, `ses-send-event`.
+    /// Who said so (`ses-send-event`).
     pub source: &'static str,
 }
 
@@ -49,8 +50,8 @@ pub fn key_from_tags(tags: &[(String, String)]) -> Option<(String, i64)> {
     Some((get(KIND_TAG)?.to_string(), get(ID_TAG)?.parse().ok()?))
 }
 
-/// The statement the capture mailer and the SES event handler share: `$1` kinds, `$2` ids,
-/// `$3` provider message ids, `$4` accepted-at times, `$5` sources. The first word wins.
+/// How accepted sends are recorded: `$1` kinds, `$2` ids, `$3` provider message ids, `$4`
+/// accepted-at times, `$5` sources. The first word wins.
 pub const RECORD_SQL: &str = "
 INSERT INTO send_ledger (kind, row_id, provider_message_id, accepted_at, source)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[])
@@ -74,11 +75,15 @@ impl SendLedger {
         let conn = self.db.get().await?;
         let lookup = conn
             .prepare_cached(
-                "SELECT row_id, provider_message_id FROM send_ledger WHERE kind = $1 AND row_id = ANY($2)",
+                "SELECT row_id, provider_message_id FROM send_ledger WHERE kind = $1 AND row_id = ANY($2)
+                 UNION ALL
+                 SELECT (tags ->> 'datamailer_id')::bigint, provider_message_id FROM captured_messages
+                 WHERE tags ->> 'datamailer_kind' = $1 AND tags ->> 'datamailer_id' = ANY($3)",
             )
             .await?;
+        let texts: Vec<String> = ids.iter().map(i64::to_string).collect();
         let rows = conn
-            .query(&lookup, &[&kind, &ids])
+            .query(&lookup, &[&kind, &ids, &texts])
             .await
             .context("reading the send ledger")?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

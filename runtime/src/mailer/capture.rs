@@ -1,7 +1,7 @@
 //! The capture mailer: stores each message whole in `captured_messages` instead of sending it.
 //! The local default, so a developer sees exactly what SES would have received
-//! (`datamailer outbox`). A batch is one statement, which also writes the send ledger
-//! ([`crate::ledger`]) for every message whose tags name its row.
+//! (`datamailer outbox`). A batch is one INSERT. Its rows are the capture mailer's own word
+//! that it accepted a send: the send ledger ([`crate::ledger`]) reads them by our tags.
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -25,25 +25,15 @@ fn new_message_id() -> String {
     format!("capture-{n:032x}")
 }
 
-/// A batch is one statement: the messages ride in one JSON array; the ledger entries are
-/// written with them, so "captured" and "accepted" cannot disagree.
+/// A batch is one statement: the messages ride in one JSON array.
 const INSERT_SQL: &str = "
-WITH r AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
-        to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
-        text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text,
-        raw_mime text, ledger_kind text, ledger_id bigint)
-), captured AS (
-    INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
-        bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
-    SELECT provider_message_id, from_email, to_addresses, cc_addresses, bcc_addresses, reply_to,
-        subject, text_body, html_body, headers, tags, configuration_set, raw_mime
-    FROM r
-)
-INSERT INTO send_ledger (kind, row_id, provider_message_id, accepted_at, source)
-SELECT ledger_kind, ledger_id, provider_message_id, now(), 'capture' FROM r
-WHERE ledger_kind IS NOT NULL
-ON CONFLICT (kind, row_id) DO NOTHING";
+INSERT INTO captured_messages (provider_message_id, from_email, to_addresses, cc_addresses,
+    bcc_addresses, reply_to, subject, text_body, html_body, headers, tags, configuration_set, raw_mime)
+SELECT r.provider_message_id, r.from_email, r.to_addresses, r.cc_addresses, r.bcc_addresses,
+    r.reply_to, r.subject, r.text_body, r.html_body, r.headers, r.tags, r.configuration_set, r.raw_mime
+FROM jsonb_to_recordset($1::jsonb) AS r(provider_message_id text, from_email text,
+    to_addresses jsonb, cc_addresses jsonb, bcc_addresses jsonb, reply_to jsonb, subject text,
+    text_body text, html_body text, headers jsonb, tags jsonb, configuration_set text, raw_mime text)";
 
 #[async_trait]
 impl Mailer for CaptureMailer {
@@ -55,7 +45,7 @@ impl Mailer for CaptureMailer {
         false
     }
 
-    /// The ledger entry is written with the message.
+    /// The captured row is the ledger's entry, written with the message.
     fn ledger_delay(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
@@ -70,7 +60,6 @@ impl Mailer for CaptureMailer {
             .iter()
             .zip(&ids)
             .map(|(e, id)| {
-                let ledger = crate::ledger::key_from_tags(&e.tags);
                 json!({
                     "provider_message_id": id,
                     "from_email": e.from,
@@ -85,8 +74,6 @@ impl Mailer for CaptureMailer {
                     "tags": e.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "configuration_set": e.configuration_set.clone().unwrap_or_default(),
                     "raw_mime": e.needs_raw().then(|| mime::build(e)),
-                    "ledger_kind": ledger.as_ref().map(|(k, _)| k.clone()),
-                    "ledger_id": ledger.map(|(_, id)| id),
                 })
             })
             .collect();

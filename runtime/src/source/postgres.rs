@@ -7,7 +7,7 @@
 //!   error, like an SQS redrive policy.
 //! * Ack deletes; retry sets the next visible time (an uncounted retry gives its receive
 //!   back); dead-letter keeps the row with its reason.
-//! * Every receive stamps the row with a fresh receipt; extend and settle match it, so a
+//! * Every receive bumps the row's receipt; extend and settle match it, so a
 //!   consumer whose visibility ran out (the row was received again since) changes nothing.
 
 use std::time::Duration;
@@ -77,7 +77,7 @@ WITH ready AS (
 UPDATE queue_messages q
 SET receive_count = q.receive_count + 1,
     visible_at = now() + make_interval(secs => $3),
-    receipt = gen_random_uuid(),
+    receipt = q.receipt + 1,
     first_received_at = coalesce(q.first_received_at, now()),
     dead_lettered_at = CASE WHEN q.receive_count + 1 > $4 THEN now() END,
     dead_letter_reason = CASE WHEN q.receive_count + 1 > $4
@@ -90,7 +90,7 @@ RETURNING q.id, q.body, q.receive_count, q.enqueued_at, q.dead_lettered_at IS NO
 const EXTEND_SQL: &str = "
 UPDATE queue_messages q SET visible_at = now() + make_interval(secs => $3)
 FROM unnest($1::bigint[], $2::text[]) AS e(id, receipt)
-WHERE q.id = e.id AND q.receipt = e.receipt::uuid AND q.dead_lettered_at IS NULL";
+WHERE q.id = e.id AND q.receipt = e.receipt::bigint AND q.dead_lettered_at IS NULL";
 
 /// One round trip for the whole batch: the three changes ride in one statement, each row
 /// matched by its receipt. Returns the ids it settled.
@@ -98,7 +98,7 @@ const SETTLE_SQL: &str = "
 WITH acked AS (
         DELETE FROM queue_messages q
         USING unnest($1::bigint[], $2::text[]) AS a(id, receipt)
-        WHERE q.id = a.id AND q.receipt = a.receipt::uuid
+        WHERE q.id = a.id AND q.receipt = a.receipt::bigint
         RETURNING q.id),
      retried AS (
         UPDATE queue_messages q
@@ -107,13 +107,13 @@ WITH acked AS (
                                  ELSE greatest(q.receive_count - 1, 0) END
         FROM unnest($3::bigint[], $4::text[], $5::float8[], $6::text[], $7::bool[])
             AS r(id, receipt, delay, reason, counted)
-        WHERE q.id = r.id AND q.receipt = r.receipt::uuid
+        WHERE q.id = r.id AND q.receipt = r.receipt::bigint
         RETURNING q.id),
      dead AS (
         UPDATE queue_messages q
         SET dead_lettered_at = now(), dead_letter_reason = d.reason, last_error = d.reason
         FROM unnest($8::bigint[], $9::text[], $10::text[]) AS d(id, receipt, reason)
-        WHERE q.id = d.id AND q.receipt = d.receipt::uuid
+        WHERE q.id = d.id AND q.receipt = d.receipt::bigint
         RETURNING q.id)
 SELECT id FROM acked UNION ALL SELECT id FROM retried UNION ALL SELECT id FROM dead";
 
@@ -300,7 +300,7 @@ pub async fn redrive(db: &Db, queue: &str) -> anyhow::Result<u64> {
     Ok(conn
         .execute(
             "UPDATE queue_messages SET dead_lettered_at = NULL, dead_letter_reason = '', receive_count = 0,
-                    visible_at = now(), first_received_at = NULL, receipt = NULL
+                    visible_at = now(), first_received_at = NULL
              WHERE queue = $1 AND dead_lettered_at IS NOT NULL",
             &[&queue],
         )
