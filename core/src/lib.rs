@@ -7,6 +7,7 @@ pub mod contracts;
 pub mod email;
 pub mod fields;
 pub mod queue;
+pub mod reasons;
 pub mod render;
 pub mod slug;
 pub mod time;
