@@ -2,8 +2,8 @@
 //!
 //! * end to end: provision → template → send → `sent` → visible in `datamailer outbox`;
 //! * a SIGTERM in the middle of a burst loses nothing and sends nothing twice: the fake SES
-//!   endpoint below (the only stand-in here; it answers SES v2 `SendEmail` slowly so the
-//!   signal lands mid-flight) sees every message exactly once across two runs.
+//!   endpoint below (the only stand-in here; it holds SES v2 `SendEmail` calls until the
+//!   signal so it lands mid-flight) sees every message exactly once across two runs.
 
 mod support;
 
@@ -197,15 +197,27 @@ async fn serve_sends_a_transactional_email_into_the_outbox() {
     db.drop_db().await;
 }
 
-/// A fake SES v2 endpoint: answers `SendEmail` after a delay and counts each message id tag.
-async fn fake_ses(delay: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, usize>>>) {
+/// A fake SES v2 endpoint: holds every `SendEmail` until `gate` opens, answers after a delay,
+/// and counts each message id tag. `arrived` counts the calls that reached it at all.
+struct FakeSes {
+    addr: SocketAddr,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+async fn fake_ses(delay: Duration) -> FakeSes {
     let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let s = seen.clone();
+    let arrived: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let (s, a) = (seen.clone(), arrived.clone());
     let app = axum::Router::new().route(
         "/v2/email/outbound-emails",
         post(move |body: String| {
-            let s = s.clone();
+            let (s, a, mut gate_rx) = (s.clone(), a.clone(), gate_rx.clone());
             async move {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = gate_rx.wait_for(|open| *open).await;
                 tokio::time::sleep(delay).await;
                 let v: Value = serde_json::from_str(&body).unwrap();
                 let tag = v["EmailTags"]
@@ -222,7 +234,12 @@ async fn fake_ses(delay: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, usi
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, seen)
+    FakeSes {
+        addr,
+        seen,
+        arrived,
+        gate,
+    }
 }
 
 // Multi-threaded: `terminate` blocks its thread while the fake SES must keep answering.
@@ -232,8 +249,9 @@ async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
         return;
     };
     let key = provision(&db.url);
-    let (ses_addr, seen) = fake_ses(Duration::from_millis(250)).await;
-    let endpoint = format!("http://{ses_addr}");
+    let ses = fake_ses(Duration::from_millis(250)).await;
+    let seen = ses.seen.clone();
+    let endpoint = format!("http://{}", ses.addr);
     let env = [
         ("DATAMAILER_MAILER", "ses"),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -251,8 +269,16 @@ async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
         async move { send(&http, &base, &key, &format!("user{i}@example.com"), "x").await }
     });
     let ids: Vec<i64> = futures::future::join_all(sends).await;
-    // Sending 120 at 4 workers × 10 per 250 ms takes ~750 ms: stop in the middle of it.
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // SES holds every call until the signal, so the signal always lands mid-burst however
+    // slow this machine is: wait for the workers to have calls in flight, then open the gate
+    // and SIGTERM at once (each held call still takes 250 ms to answer).
+    for _ in 0..200 {
+        if ses.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ses.gate.send_replace(true);
     server.terminate();
     let sent_before = seen.lock().unwrap().len();
     assert!(
