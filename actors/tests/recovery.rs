@@ -61,10 +61,7 @@ fn tree_spec(f: &Fixture, handler: Arc<dyn Handler>) -> TreeSpec {
         .with_max_receives(2);
     let mut spec = TreeSpec::new(QUEUE, Arc::new(source), handler);
     spec.max_receives = 2;
-    spec.backoff = Backoff {
-        base: Duration::from_millis(50),
-        max: Duration::from_millis(100),
-    };
+    spec.backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_millis(100));
     spec
 }
 

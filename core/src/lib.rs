@@ -12,3 +12,4 @@ pub mod render;
 pub mod slug;
 pub mod time;
 pub mod transactional;
+pub mod webhooks;

@@ -11,6 +11,7 @@ pub mod lambda;
 pub mod ledger;
 pub mod mailer;
 pub mod maintenance;
+pub mod outbound;
 pub mod pg_tls;
 pub mod producer;
 pub mod source;

@@ -100,10 +100,7 @@ fn spec(source: Arc<dyn Source>, handler: Arc<dyn Handler>) -> TreeSpec {
     spec.concurrency = 2;
     spec.batch_size = 5;
     spec.max_receives = 2;
-    spec.backoff = Backoff {
-        base: Duration::from_millis(20),
-        max: Duration::from_millis(50),
-    };
+    spec.backoff = Backoff::exponential(Duration::from_millis(20), Duration::from_millis(50));
     spec
 }
 

@@ -98,10 +98,7 @@ fn spec(source: Arc<dyn Source>, handler: Arc<dyn Handler>) -> TreeSpec {
     let mut spec = TreeSpec::new(Q, source, handler);
     spec.concurrency = 2;
     spec.batch_size = 5;
-    spec.backoff = Backoff {
-        base: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-    };
+    spec.backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_millis(200));
     spec
 }
 

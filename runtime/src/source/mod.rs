@@ -19,6 +19,7 @@
 //! a message near its redrive limit is put back as a fresh copy ([`sqs`]).
 
 pub mod lambda;
+pub mod outbox;
 pub mod postgres;
 pub mod sqs;
 pub mod tick;
