@@ -35,7 +35,7 @@ impl OutboundPolicy {
 
     pub fn allows_host(&self, host: &str) -> bool {
         let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
-        self.allow.iter().any(|a| *a == host)
+        self.allow.contains(&host)
     }
 
     fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -116,9 +116,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if policy.allows_host(&host) {
                 return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
             }
@@ -286,21 +285,37 @@ mod tests {
     async fn refuses_literal_and_resolved_private_hosts_unless_allowed() {
         let client = OutboundClient::new(OutboundPolicy::default()).unwrap();
         let err = client
-            .post_json("http://169.254.169.254/latest/meta-data", &[], vec![], Duration::from_secs(1))
+            .post_json(
+                "http://169.254.169.254/latest/meta-data",
+                &[],
+                vec![],
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().contains("link-local"), "{err}");
         let err = client
-            .post_json("http://localhost:9/hook", &[], vec![], Duration::from_secs(1))
+            .post_json(
+                "http://localhost:9/hook",
+                &[],
+                vec![],
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("refused:"), "{err}");
         assert!(client.check_url("file:///etc/passwd").is_err());
 
         // Allowed by name: the request is made (and fails only because nothing listens).
-        let allowed = OutboundClient::new(OutboundPolicy::from_allow_list("localhost, 127.0.0.1")).unwrap();
+        let allowed =
+            OutboundClient::new(OutboundPolicy::from_allow_list("localhost, 127.0.0.1")).unwrap();
         let err = allowed
-            .post_json("http://localhost:9/hook", &[], vec![], Duration::from_secs(1))
+            .post_json(
+                "http://localhost:9/hook",
+                &[],
+                vec![],
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(!err.to_string().starts_with("refused:"), "{err}");

@@ -4,20 +4,23 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, patch, post, put, MethodRouter};
 use axum::Router;
 use datamailer_runtime::producer::Producer;
 
 pub mod auth;
+mod contacts;
 pub mod error;
 pub mod health;
 mod http_metrics;
 pub mod json;
 mod messages;
 pub mod provision;
+pub mod scope;
 mod send;
 pub mod send_writer;
 mod senders;
+mod subscriptions;
 mod templates;
 
 /// Web service settings that handlers need.
@@ -77,6 +80,81 @@ fn api_route(
     methods.fallback(move || async move { error::ApiError::MethodNotAllowed(allowed) })
 }
 
+/// The people side of the client API: contacts and subscriptions (facts §4.3, §4.4).
+fn audience_routes() -> Router<AppState> {
+    use contacts::{by_id, erase, io, preferences};
+    Router::new()
+        .route(
+            "/api/contacts",
+            api_route(
+                get(io::list).post(contacts::upsert_contact),
+                &["GET", "POST"],
+            ),
+        )
+        .route(
+            "/api/contacts.csv",
+            api_route(get(io::export_csv), &["GET"]),
+        )
+        .route(
+            "/api/contacts/status",
+            api_route(get(contacts::status), &["GET"]),
+        )
+        .route(
+            "/api/contacts/imports",
+            api_route(post(io::import_json), &["POST"]),
+        )
+        .route(
+            "/api/contacts/imports/csv",
+            api_route(post(io::import_csv), &["POST"]),
+        )
+        .route(
+            "/api/contacts/erase",
+            api_route(post(erase::erase), &["POST"]),
+        )
+        .route(
+            "/api/contacts/preferences",
+            api_route(
+                get(preferences::get_preferences).put(preferences::put_preferences),
+                &["GET", "PUT"],
+            ),
+        )
+        .route(
+            "/api/contacts/{contact_id}/tags",
+            api_route(put(by_id::replace_tags), &["PUT"]),
+        )
+        .route(
+            "/api/contacts/{contact_id}/tags/{tag_slug}",
+            api_route(
+                post(by_id::add_tag).delete(by_id::remove_tag),
+                &["POST", "DELETE"],
+            ),
+        )
+        .route(
+            "/api/contacts/{contact_id}/verification",
+            api_route(patch(by_id::verification), &["PATCH"]),
+        )
+        .route(
+            "/api/contacts/{contact_id}/validation",
+            api_route(patch(by_id::validation), &["PATCH"]),
+        )
+        .route(
+            "/api/contacts/{contact_id}/suppression",
+            api_route(patch(by_id::suppression), &["PATCH"]),
+        )
+        .route(
+            "/api/contacts/{contact_id}/history",
+            api_route(get(by_id::history), &["GET"]),
+        )
+        .route(
+            "/api/subscriptions/subscribe",
+            api_route(post(subscriptions::subscribe), &["POST"]),
+        )
+        .route(
+            "/api/subscriptions/unsubscribe",
+            api_route(post(subscriptions::unsubscribe), &["POST"]),
+        )
+}
+
 /// Every route of the service, with the HTTP metrics layer.
 pub fn router(state: AppState) -> Router {
     // Record into the process-wide Prometheus registry (idempotent).
@@ -105,6 +183,7 @@ pub fn router(state: AppState) -> Router {
                 &["GET", "PUT"],
             ),
         )
+        .merge(audience_routes())
         .fallback(|| async { error::ApiError::NotFound })
         // Ten message parts of up to 200,000 characters fit; the default 2 MB would not.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
