@@ -148,7 +148,39 @@ impl Services {
 
     /// The maintainer over the registry's tasks.
     pub fn maintainer(&self) -> Maintainer {
-        Maintainer::new(self.db.clone(), registry::maintenance_tasks(&self.deps()))
+        let mut tasks = registry::maintenance_tasks(&self.deps());
+        tasks.extend(self.audience_tasks());
+        Maintainer::new(self.db.clone(), tasks)
+    }
+
+    /// The web crate's tasks (recipient-list import jobs), over a small lazy sqlx pool:
+    /// they are idle unless there is work, and then take at most two connections.
+    fn audience_tasks(&self) -> Vec<Arc<dyn datamailer_runtime::maintenance::MaintenanceTask>> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(self.config.database_url());
+        let policy = datamailer_runtime::outbound::OutboundPolicy::from_allow_list(
+            &std::env::var("DATAMAILER_OUTBOUND_ALLOW_HOSTS").unwrap_or_default(),
+        );
+        match (
+            pool,
+            datamailer_runtime::outbound::OutboundClient::new(policy),
+        ) {
+            (Ok(db), Ok(http)) => vec![Arc::new(datamailer_web::lists::imports::ImportJobs {
+                db,
+                http,
+                batch: 5,
+            })],
+            (pool, http) => {
+                tracing::error!(
+                    pool = ?pool.err(),
+                    http = ?http.err().map(|e| format!("{e:#}")),
+                    "recipient-list import jobs cannot run in this process"
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// The maintenance tree of a long-lived process, and its maintainer (to give the lease

@@ -9,11 +9,12 @@ use axum::Router;
 use datamailer_runtime::producer::Producer;
 
 pub mod auth;
-mod contacts;
+pub(crate) mod contacts;
 pub mod error;
 pub mod health;
 mod http_metrics;
 pub mod json;
+pub mod lists;
 mod messages;
 pub mod provision;
 pub mod scope;
@@ -144,6 +145,37 @@ fn audience_routes() -> Router<AppState> {
         .route(
             "/api/contacts/{contact_id}/history",
             api_route(get(by_id::history), &["GET"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}",
+            api_route(get(lists::get_list).put(lists::put_list), &["GET", "PUT"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/members",
+            api_route(get(lists::members), &["GET"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/members/bulk-upsert",
+            api_route(post(lists::bulk_upsert), &["POST"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/members/reconcile",
+            api_route(post(lists::reconcile), &["POST"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/members/{source_object_key}",
+            api_route(
+                put(lists::put_member).delete(lists::delete_member),
+                &["DELETE", "PUT"],
+            ),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/imports",
+            api_route(post(lists::imports::create), &["POST"]),
+        )
+        .route(
+            "/api/recipient-lists/{list_key}/imports/{job_id}",
+            api_route(get(lists::imports::get), &["GET"]),
         )
         .route(
             "/api/subscriptions/subscribe",

@@ -74,15 +74,23 @@ SELECT c.id, c.email, c.normalized_email, c.verified_at, c.email_validation_stat
        ARRAY(SELECT t.slug FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
              WHERE ct.contact_id = c.id AND t.audience_id = $A ORDER BY t.slug) AS tags
 FROM contacts c
-LEFT JOIN subscriptions sa ON sa.contact_id = c.id AND sa.audience_id = $A AND sa.client_id IS NULL
+LEFT JOIN LATERAL (SELECT s.status, s.verified_at, s.unsubscribed_at, s.unsubscribe_reason
+                   FROM subscriptions s
+                   WHERE s.contact_id = c.id AND s.audience_id = $A AND s.client_id IS NULL LIMIT 1) sa ON true
 ";
 
 /// A state query: the select, the client-subscription join (`LEFT` or inner) and a tail
 /// (`WHERE ...`), with the audience and client ids at the given placeholder numbers.
 pub fn state_sql(audience_param: u8, client_param: u8, inner: bool, tail: &str) -> String {
+    // LATERAL lookups keyed by the contact (`LIMIT 1` keeps the planner from flattening them
+    // into a join), so a batch of thousands costs an index probe per contact whatever the
+    // statistics say: a bulk import outruns autovacuum, and with stale statistics a join
+    // scanned every subscription of the scope once per contact.
     let join = if inner { "JOIN" } else { "LEFT JOIN" };
     format!(
-        "{STATE_SELECT}{join} subscriptions sc ON sc.contact_id = c.id AND sc.audience_id = $A AND sc.client_id = $C\n{tail}"
+        "{STATE_SELECT}{join} LATERAL (SELECT s.status, s.verified_at, s.unsubscribed_at, s.unsubscribe_reason
+                   FROM subscriptions s
+                   WHERE s.contact_id = c.id AND s.audience_id = $A AND s.client_id = $C LIMIT 1) sc ON true\n{tail}"
     )
     .replace("$A", &format!("${audience_param}"))
     .replace("$C", &format!("${client_param}"))
