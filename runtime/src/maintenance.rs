@@ -31,8 +31,9 @@ use crate::tree::{Handler, HandlerContext, TreeSpec};
 
 /// The name the maintenance tree uses for its metrics and logs (like a queue's).
 pub const QUEUE: &str = "maintenance";
-/// How often a long-lived maintainer looks for due tasks.
-pub const TICK: Duration = Duration::from_secs(15);
+/// How often a long-lived maintainer looks for due tasks: short, because dispatching client
+/// webhooks is a task that runs every pass, and callbacks should go out within seconds.
+pub const TICK: Duration = Duration::from_secs(2);
 /// The lease outlives a couple of missed ticks, then another maintainer may take over (a
 /// maintainer that stops gracefully gives it back at once).
 pub const LEASE_TTL: Duration = Duration::from_secs(45);

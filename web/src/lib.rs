@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use datamailer_runtime::outbound::OutboundPolicy;
 use datamailer_runtime::producer::Producer;
 
 pub mod auth;
@@ -19,6 +20,7 @@ mod send;
 pub mod send_writer;
 mod senders;
 mod templates;
+pub mod webhooks;
 
 /// Web service settings that handlers need.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct AppState {
     pub(crate) config: Arc<WebConfig>,
     /// Started on first use (so `new` needs no runtime).
     writer: Arc<OnceLock<send_writer::SendWriter>>,
+    /// Which webhook URLs a client may set (`DATAMAILER_OUTBOUND_ALLOW_HOSTS`); strict unless
+    /// [`AppState::with_outbound_policy`] says otherwise.
+    pub(crate) outbound_policy: Arc<OutboundPolicy>,
 }
 
 impl AppState {
@@ -45,7 +50,14 @@ impl AppState {
             producer,
             config: Arc::new(config),
             writer: Arc::new(OnceLock::new()),
+            outbound_policy: Arc::new(OutboundPolicy::default()),
         }
+    }
+
+    /// The hosts exempt from the SSRF rules when a client sets its webhook URL.
+    pub fn with_outbound_policy(mut self, policy: OutboundPolicy) -> Self {
+        self.outbound_policy = Arc::new(policy);
+        self
     }
 
     /// The transactional send writer (group commit), started on first use.
@@ -102,6 +114,13 @@ pub fn router(state: AppState) -> Router {
             "/api/client/senders",
             api_route(
                 get(senders::get_senders).put(senders::put_senders),
+                &["GET", "PUT"],
+            ),
+        )
+        .route(
+            "/api/client/webhook",
+            api_route(
+                get(webhooks::get_webhook).put(webhooks::put_webhook),
                 &["GET", "PUT"],
             ),
         )
