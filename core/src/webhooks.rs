@@ -99,8 +99,14 @@ mod tests {
 
     #[test]
     fn maps_the_original_event_types() {
-        assert_eq!(callback_event_type("bounce", false), Some("contact.hard_bounced"));
-        assert_eq!(callback_event_type("skipped", true), Some("transactional.skipped"));
+        assert_eq!(
+            callback_event_type("bounce", false),
+            Some("contact.hard_bounced")
+        );
+        assert_eq!(
+            callback_event_type("skipped", true),
+            Some("transactional.skipped")
+        );
         assert_eq!(callback_event_type("skipped", false), None);
         assert_eq!(callback_event_type("sent", true), None);
         assert_eq!(callback_event_type("queued", true), None);
