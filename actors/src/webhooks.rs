@@ -450,6 +450,10 @@ impl MaintenanceTask for DispatchWebhooks {
         Duration::ZERO
     }
 
+    fn routine(&self) -> bool {
+        true
+    }
+
     async fn run(&self, ctx: &HandlerContext) -> anyhow::Result<TaskReport> {
         let counts = dispatch_due(&self.db, &self.settings, ctx).await?;
         let (delivered, retried, failed) = (counts.delivered(), counts.retried(), counts.failed());

@@ -707,3 +707,37 @@ async fn the_maintenance_task_dispatches_and_reports() {
     assert_eq!(report.detail, "nothing due");
     f.test_db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_triggers_event_map_is_cores() {
+    let Some(f) = fixture().await else { return };
+    for event_type in [
+        "queued",
+        "skipped",
+        "sent",
+        "delivered",
+        "open",
+        "click",
+        "subscribe",
+        "unsubscribe",
+        "bounce",
+        "complaint",
+        "failed",
+    ] {
+        for transactional in [false, true] {
+            let sql: Option<String> =
+                sqlx::query_scalar("SELECT client_webhook_event_type($1, $2)")
+                    .bind(event_type)
+                    .bind(transactional)
+                    .fetch_one(f.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                sql.as_deref(),
+                datamailer_core::webhooks::callback_event_type(event_type, transactional),
+                "{event_type} transactional={transactional}"
+            );
+        }
+    }
+    f.test_db.drop_db().await;
+}

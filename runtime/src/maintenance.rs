@@ -55,6 +55,11 @@ pub trait MaintenanceTask: Send + Sync + 'static {
     fn every(&self) -> Duration;
     /// Runs once; should stop early when `ctx.should_stop()`.
     async fn run(&self, ctx: &HandlerContext) -> anyhow::Result<TaskReport>;
+    /// True when acting on rows is the task's normal work (dispatching an outbox), not a
+    /// recovery worth a warning.
+    fn routine(&self) -> bool {
+        false
+    }
 }
 
 /// Which tasks a pass runs.
@@ -74,6 +79,10 @@ pub struct TaskRun {
     pub acted_on: u64,
     pub detail: String,
     pub seconds: f64,
+    /// The task's work is routine ([`MaintenanceTask::routine`]): acting on rows is logged at
+    /// info, not as recovered work.
+    #[serde(skip)]
+    pub routine: bool,
 }
 
 /// What a pass did.
@@ -245,6 +254,7 @@ impl Maintainer {
                 acted_on: report.acted_on,
                 detail: report.detail,
                 seconds,
+                routine: task.routine(),
             },
             Err(e) => TaskRun {
                 task: name,
@@ -252,6 +262,7 @@ impl Maintainer {
                 acted_on: 0,
                 detail: format!("{e:#}"),
                 seconds,
+                routine: task.routine(),
             },
         };
         events::task_ran(&run);
