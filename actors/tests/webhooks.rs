@@ -741,3 +741,65 @@ async fn the_triggers_event_map_is_cores() {
     }
     f.test_db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_dispatcher_whose_claim_was_taken_over_settles_nothing() {
+    use datamailer_runtime::source::outbox::OutboxSource;
+    use datamailer_runtime::source::{Received, Settlement, Source};
+    let Some(f) = fixture().await else { return };
+    f.set_client_webhook("https://hooks.example.com/dm", "tok")
+        .await;
+    let id = f.callback_id(f.event("open", json!({})).await).await;
+    let source = OutboxSource::new(f.db.clone(), webhooks::CALLBACKS);
+    let take = || async {
+        match source.receive(10).await.unwrap() {
+            Received::Messages(m) => m,
+            Received::Exhausted => panic!("not draining"),
+        }
+    };
+    let first = take().await;
+    assert_eq!(first.len(), 1);
+    assert!(take().await.is_empty(), "claimed rows are invisible");
+    // The first holder's visibility runs out; another dispatcher claims it.
+    f.make_due(id).await;
+    let second = take().await;
+    assert_eq!(second[0].receive_count, 2);
+    let report = source
+        .settle(vec![(first[0].clone(), Settlement::Ack)])
+        .await;
+    assert_eq!(
+        report.failures.len(),
+        1,
+        "the stale receipt settles nothing"
+    );
+    assert_eq!(f.callback(id).await.get::<String, _>("status"), "pending");
+    // A counted retry keeps its reason; an uncounted one gives the attempt back and keeps it.
+    let report = source
+        .settle(vec![(
+            second[0].clone(),
+            Settlement::Retry {
+                delay: Duration::ZERO,
+                reason: "HTTP 502".into(),
+                counted: true,
+            },
+        )])
+        .await;
+    assert!(report.is_ok());
+    let third = take().await;
+    let report = source
+        .settle(vec![(
+            third[0].clone(),
+            Settlement::Retry {
+                delay: Duration::from_secs(30),
+                reason: "shutting down".into(),
+                counted: false,
+            },
+        )])
+        .await;
+    assert!(report.is_ok());
+    let row = f.callback(id).await;
+    assert_eq!(row.get::<String, _>("last_error"), "HTTP 502");
+    assert_eq!(row.get::<i32, _>("attempt_count"), 2);
+    assert_eq!(row.get::<String, _>("status"), "pending");
+    f.test_db.drop_db().await;
+}
