@@ -43,6 +43,13 @@ pub struct Config {
     pub sqs_dlq_urls: HashMap<QueueName, String>,
     /// Per queue, the Lambda event source mapping (UUID) that `pause`/`resume` switch.
     pub event_source_mappings: HashMap<QueueName, String>,
+    /// `DATAMAILER_OUTBOUND_ALLOW_HOSTS`: hosts exempt from the SSRF address rules (raw list).
+    pub outbound_allow_hosts: String,
+    /// `CMP_WEBHOOK_URL` and `CMP_WEBHOOK_TOKEN`: the global client-webhook fallback (both or
+    /// neither). The web-serving processes copy it into `client_webhook_fallback` at start.
+    pub cmp_webhook: Option<(String, String)>,
+    /// `CMP_WEBHOOK_TIMEOUT_SECONDS`: the most one webhook POST may take.
+    pub cmp_webhook_timeout: std::time::Duration,
 }
 
 /// The SES call timeout unless `DATAMAILER_SES_TIMEOUT_SECONDS` says otherwise.
@@ -170,6 +177,40 @@ impl Config {
                 QueueName::TransactionalEmail.sqs_url_env()
             ));
         }
+        let cmp_webhook = match (var("CMP_WEBHOOK_URL"), var("CMP_WEBHOOK_TOKEN")) {
+            (None, None) => None,
+            (Some(url), Some(token)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
+                {
+                    errors.push(format!(
+                        "CMP_WEBHOOK_URL: '{url}' must be an http(s) URL of at most 2048 characters"
+                    ));
+                }
+                if token.len() > 255 {
+                    errors.push("CMP_WEBHOOK_TOKEN: must be at most 255 characters".into());
+                }
+                Some((url, token))
+            }
+            (Some(_), None) => {
+                errors.push("CMP_WEBHOOK_TOKEN: required when CMP_WEBHOOK_URL is set".into());
+                None
+            }
+            (None, Some(_)) => {
+                errors.push("CMP_WEBHOOK_URL: required when CMP_WEBHOOK_TOKEN is set".into());
+                None
+            }
+        };
+        let default_webhook_timeout = std::time::Duration::from_secs(3);
+        let cmp_webhook_timeout = match var("CMP_WEBHOOK_TIMEOUT_SECONDS") {
+            None => default_webhook_timeout,
+            Some(raw) => match raw.parse::<f64>() {
+                Ok(n) if n > 0.0 && n <= 60.0 => std::time::Duration::from_secs_f64(n),
+                _ => {
+                    errors.push(format!("CMP_WEBHOOK_TIMEOUT_SECONDS: '{raw}' must be a number of seconds above 0 and at most 60"));
+                    default_webhook_timeout
+                }
+            },
+        };
         let config = Config {
             database_url: var("DATABASE_URL"),
             database_secret_arn: var("DATAMAILER_DATABASE_SECRET_ARN"),
@@ -190,6 +231,9 @@ impl Config {
             sqs_queue_urls,
             sqs_dlq_urls,
             event_source_mappings,
+            outbound_allow_hosts: var("DATAMAILER_OUTBOUND_ALLOW_HOSTS").unwrap_or_default(),
+            cmp_webhook,
+            cmp_webhook_timeout,
         };
         if errors.is_empty() {
             Ok(config)

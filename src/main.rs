@@ -66,6 +66,12 @@ enum Command {
         senders: Vec<String>,
         #[arg(long)]
         default_sender: Option<String>,
+        /// Where the client's webhooks go (http or https); "" clears it.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The Bearer token and signing key of the client's webhooks.
+        #[arg(long)]
+        webhook_token: Option<String>,
     },
     /// Put messages on a queue: one JSON body per line of stdin.
     Enqueue {
@@ -244,9 +250,19 @@ async fn main() -> ExitCode {
             client,
             senders,
             default_sender,
+            webhook_url,
+            webhook_token,
         } => {
-            commands::provision::provision(config, org, audience, client, senders, default_sender)
-                .await
+            commands::provision::provision(
+                config,
+                org,
+                audience,
+                client,
+                senders,
+                default_sender,
+                (webhook_url, webhook_token),
+            )
+            .await
         }
         Command::Enqueue { queue } => commands::queues::enqueue(config, queue).await,
         Command::Outbox { json, limit } => commands::outbox::outbox(config, json, limit).await,

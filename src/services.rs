@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use datamailer_actors::registry::{self, Deps};
+use datamailer_actors::webhooks::WebhookSettings;
 use datamailer_core::queue::QueueName;
 use datamailer_runtime::control::QueueControl;
 use datamailer_runtime::db::{Db, PoolSettings};
@@ -14,6 +15,7 @@ use datamailer_runtime::mailer::capture::CaptureMailer;
 use datamailer_runtime::mailer::ses::{self, SesMailer};
 use datamailer_runtime::mailer::{Mailer, SendLimiter, Sender};
 use datamailer_runtime::maintenance::{self, Maintainer};
+use datamailer_runtime::outbound::{OutboundClient, OutboundPolicy};
 use datamailer_runtime::producer::{Producer, SqsProducer};
 use datamailer_runtime::source::postgres::PostgresQueue;
 use datamailer_runtime::source::sqs::SqsQueue;
@@ -34,6 +36,8 @@ pub struct Services {
     pub control: Arc<QueueControl>,
     /// One breaker per queue, kept for the life of the process (across Lambda invocations).
     breakers: Arc<HashMap<QueueName, Arc<CircuitBreaker>>>,
+    /// Client webhooks: the SSRF-guarded HTTP client (one per process) and its timeout.
+    webhooks: WebhookSettings,
 }
 
 pub async fn aws_config(config: &Config) -> aws_config::SdkConfig {
@@ -74,7 +78,12 @@ impl Services {
                 )
             })
             .collect();
+        let mut webhooks = WebhookSettings::new(OutboundClient::new(
+            OutboundPolicy::from_allow_list(&config.outbound_allow_hosts),
+        )?);
+        webhooks.timeout = config.cmp_webhook_timeout;
         Ok(Services {
+            webhooks,
             producer: producer_with(config, aws.as_ref()),
             config: config.clone(),
             control: Arc::new(QueueControl::new(db.clone())),
@@ -93,6 +102,7 @@ impl Services {
             producer: self.producer.clone(),
             default_from_email: self.config.default_from_email.clone(),
             configuration_set: self.config.ses_configuration_set.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 
@@ -160,24 +170,14 @@ impl Services {
             .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy(self.config.database_url());
-        let policy = datamailer_runtime::outbound::OutboundPolicy::from_allow_list(
-            &std::env::var("DATAMAILER_OUTBOUND_ALLOW_HOSTS").unwrap_or_default(),
-        );
-        match (
-            pool,
-            datamailer_runtime::outbound::OutboundClient::new(policy),
-        ) {
-            (Ok(db), Ok(http)) => vec![Arc::new(datamailer_web::lists::imports::ImportJobs {
+        match pool {
+            Ok(db) => vec![Arc::new(datamailer_web::lists::imports::ImportJobs {
                 db,
-                http,
+                http: self.webhooks.http.clone(),
                 batch: 5,
             })],
-            (pool, http) => {
-                tracing::error!(
-                    pool = ?pool.err(),
-                    http = ?http.err().map(|e| format!("{e:#}")),
-                    "recipient-list import jobs cannot run in this process"
-                );
+            Err(err) => {
+                tracing::error!(error = %err, "recipient-list import jobs cannot run in this process");
                 Vec::new()
             }
         }

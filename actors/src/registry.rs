@@ -14,6 +14,7 @@ use datamailer_runtime::producer::Producer;
 use datamailer_runtime::Handler;
 
 use crate::transactional::{RequeueStaleRows, TransactionalHandler, TransactionalSettings};
+use crate::webhooks::{DispatchWebhooks, WebhookSettings};
 
 /// What handlers and tasks are built from (once per process or Lambda environment).
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Deps {
     pub default_from_email: String,
     /// `AWS_SES_CONFIGURATION_SET`.
     pub configuration_set: Option<String>,
+    /// How client webhooks are sent (SSRF-guarded client, timeout).
+    pub webhooks: WebhookSettings,
 }
 
 /// The queues that have a worker today.
@@ -73,11 +76,17 @@ pub fn handler(queue: QueueName, deps: &Deps) -> anyhow::Result<Arc<dyn Handler>
 
 /// Every maintenance task, in the order a pass runs them.
 pub fn maintenance_tasks(deps: &Deps) -> Vec<Arc<dyn MaintenanceTask>> {
-    vec![Arc::new(RequeueStaleRows {
-        db: deps.db.clone(),
-        producer: deps.producer.clone(),
-        ledger_delay: deps.sender.ledger_delay(),
-        older_than: Duration::from_secs(300),
-        limit: 1000,
-    })]
+    vec![
+        Arc::new(RequeueStaleRows {
+            db: deps.db.clone(),
+            producer: deps.producer.clone(),
+            ledger_delay: deps.sender.ledger_delay(),
+            older_than: Duration::from_secs(300),
+            limit: 1000,
+        }),
+        Arc::new(DispatchWebhooks {
+            db: deps.db.clone(),
+            settings: deps.webhooks.clone(),
+        }),
+    ]
 }

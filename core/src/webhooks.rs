@@ -117,6 +117,11 @@ mod tests {
         let body = br#"{"event_id":"datamailer-email-event:1"}"#;
         let header = signature("s3cret", 1_700_000_000, body);
         assert!(header.starts_with("t=1700000000,v1="));
+        // The value docs/api.md's Python and openssl examples compute for this input.
+        assert_eq!(
+            header,
+            "t=1700000000,v1=d548703035f399bd6b7595fb81e7a7f7b7907b7b08b4fd23d56700bf1e08b82b"
+        );
         assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
         assert_eq!(verify("s3cret", &header, body, 1_700_000_100, 300), Ok(()));
         assert_eq!(

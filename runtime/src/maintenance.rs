@@ -31,8 +31,9 @@ use crate::tree::{Handler, HandlerContext, TreeSpec};
 
 /// The name the maintenance tree uses for its metrics and logs (like a queue's).
 pub const QUEUE: &str = "maintenance";
-/// How often a long-lived maintainer looks for due tasks.
-pub const TICK: Duration = Duration::from_secs(15);
+/// How often a long-lived maintainer looks for due tasks: short, because dispatching client
+/// webhooks is a task that runs every pass, and callbacks should go out within seconds.
+pub const TICK: Duration = Duration::from_secs(2);
 /// The lease outlives a couple of missed ticks, then another maintainer may take over (a
 /// maintainer that stops gracefully gives it back at once).
 pub const LEASE_TTL: Duration = Duration::from_secs(45);
@@ -54,6 +55,11 @@ pub trait MaintenanceTask: Send + Sync + 'static {
     fn every(&self) -> Duration;
     /// Runs once; should stop early when `ctx.should_stop()`.
     async fn run(&self, ctx: &HandlerContext) -> anyhow::Result<TaskReport>;
+    /// True when acting on rows is the task's normal work (dispatching an outbox), not a
+    /// recovery worth a warning.
+    fn routine(&self) -> bool {
+        false
+    }
 }
 
 /// Which tasks a pass runs.
@@ -73,6 +79,10 @@ pub struct TaskRun {
     pub acted_on: u64,
     pub detail: String,
     pub seconds: f64,
+    /// The task's work is routine ([`MaintenanceTask::routine`]): acting on rows is logged at
+    /// info, not as recovered work.
+    #[serde(skip)]
+    pub routine: bool,
 }
 
 /// What a pass did.
@@ -244,6 +254,7 @@ impl Maintainer {
                 acted_on: report.acted_on,
                 detail: report.detail,
                 seconds,
+                routine: task.routine(),
             },
             Err(e) => TaskRun {
                 task: name,
@@ -251,6 +262,7 @@ impl Maintainer {
                 acted_on: 0,
                 detail: format!("{e:#}"),
                 seconds,
+                routine: task.routine(),
             },
         };
         events::task_ran(&run);

@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const EMITTED_METRICS: &[&str] = &[
     "datamailer_actor_restarts_total",
     "datamailer_campaign_sending_age_seconds",
+    "datamailer_client_webhook_post_duration_seconds",
+    "datamailer_client_webhooks_total",
     "datamailer_db_pool_connections",
     "datamailer_db_pool_max_connections",
     "datamailer_db_pool_wait_seconds",

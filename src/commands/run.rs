@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use datamailer_actors::registry;
 use datamailer_core::queue::QueueName;
 use datamailer_runtime::db::PoolSettings;
+use datamailer_runtime::outbound::OutboundPolicy;
 use datamailer_runtime::tree::{QueueTree, TreeExit};
 use tokio::sync::watch;
 
@@ -67,6 +68,15 @@ async fn run_web(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let pool = database::web_pool(&config, connections).await?;
+    // The global webhook fallback, where the email_events trigger can see it.
+    datamailer_web::webhooks::store_fallback(
+        &pool,
+        config
+            .cmp_webhook
+            .as_ref()
+            .map(|(url, token)| (url.as_str(), token.as_str())),
+    )
+    .await?;
     let producer = services::producer(&config).await;
     let state = datamailer_web::AppState::new(
         pool.clone(),
@@ -74,7 +84,10 @@ async fn run_web(
         datamailer_web::WebConfig {
             public_base_url: config.public_base_url.clone(),
         },
-    );
+    )
+    .with_outbound_policy(OutboundPolicy::from_allow_list(
+        &config.outbound_allow_hosts,
+    ));
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_HTTP_ADDR {}", config.http_addr))?;

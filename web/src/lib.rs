@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::routing::{get, patch, post, put, MethodRouter};
 use axum::Router;
+use datamailer_runtime::outbound::OutboundPolicy;
 use datamailer_runtime::producer::Producer;
 
 pub mod auth;
@@ -16,6 +17,7 @@ mod http_metrics;
 pub mod json;
 pub mod lists;
 mod messages;
+pub mod openapi;
 pub mod provision;
 pub mod scope;
 mod send;
@@ -23,6 +25,7 @@ pub mod send_writer;
 mod senders;
 mod subscriptions;
 mod templates;
+pub mod webhooks;
 
 /// Web service settings that handlers need.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct AppState {
     pub(crate) config: Arc<WebConfig>,
     /// Started on first use (so `new` needs no runtime).
     writer: Arc<OnceLock<send_writer::SendWriter>>,
+    /// Which webhook URLs a client may set (`DATAMAILER_OUTBOUND_ALLOW_HOSTS`); strict unless
+    /// [`AppState::with_outbound_policy`] says otherwise.
+    pub(crate) outbound_policy: Arc<OutboundPolicy>,
 }
 
 impl AppState {
@@ -49,7 +55,14 @@ impl AppState {
             producer,
             config: Arc::new(config),
             writer: Arc::new(OnceLock::new()),
+            outbound_policy: Arc::new(OutboundPolicy::default()),
         }
+    }
+
+    /// The hosts exempt from the SSRF rules when a client sets its webhook URL.
+    pub fn with_outbound_policy(mut self, policy: OutboundPolicy) -> Self {
+        self.outbound_policy = Arc::new(policy);
+        self
     }
 
     /// The transactional send writer (group commit), started on first use.
@@ -81,6 +94,13 @@ fn api_route(
     methods.fallback(move || async move { error::ApiError::MethodNotAllowed(allowed) })
 }
 
+/// `GET /api-docs/openapi.json` (no auth: it holds no data, only the API's shape).
+async fn openapi_document(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document(&state.config.public_base_url))
+}
+
 /// The people side of the client API: contacts and subscriptions (facts §4.3, §4.4).
 fn audience_routes() -> Router<AppState> {
     use contacts::{by_id, erase, io, preferences};
@@ -89,101 +109,149 @@ fn audience_routes() -> Router<AppState> {
             "/api/contacts",
             api_route(
                 get(io::list).post(contacts::upsert_contact),
-                &["GET", "POST"],
+                openapi::methods("/api/contacts"),
             ),
         )
         .route(
             "/api/contacts.csv",
-            api_route(get(io::export_csv), &["GET"]),
+            api_route(get(io::export_csv), openapi::methods("/api/contacts.csv")),
         )
         .route(
             "/api/contacts/status",
-            api_route(get(contacts::status), &["GET"]),
+            api_route(
+                get(contacts::status),
+                openapi::methods("/api/contacts/status"),
+            ),
         )
         .route(
             "/api/contacts/imports",
-            api_route(post(io::import_json), &["POST"]),
+            api_route(
+                post(io::import_json),
+                openapi::methods("/api/contacts/imports"),
+            ),
         )
         .route(
             "/api/contacts/imports/csv",
-            api_route(post(io::import_csv), &["POST"]),
+            api_route(
+                post(io::import_csv),
+                openapi::methods("/api/contacts/imports/csv"),
+            ),
         )
         .route(
             "/api/contacts/erase",
-            api_route(post(erase::erase), &["POST"]),
+            api_route(post(erase::erase), openapi::methods("/api/contacts/erase")),
         )
         .route(
             "/api/contacts/preferences",
             api_route(
                 get(preferences::get_preferences).put(preferences::put_preferences),
-                &["GET", "PUT"],
+                openapi::methods("/api/contacts/preferences"),
             ),
         )
         .route(
             "/api/contacts/{contact_id}/tags",
-            api_route(put(by_id::replace_tags), &["PUT"]),
+            api_route(
+                put(by_id::replace_tags),
+                openapi::methods("/api/contacts/{contact_id}/tags"),
+            ),
         )
         .route(
             "/api/contacts/{contact_id}/tags/{tag_slug}",
             api_route(
                 post(by_id::add_tag).delete(by_id::remove_tag),
-                &["POST", "DELETE"],
+                openapi::methods("/api/contacts/{contact_id}/tags/{tag_slug}"),
             ),
         )
         .route(
             "/api/contacts/{contact_id}/verification",
-            api_route(patch(by_id::verification), &["PATCH"]),
+            api_route(
+                patch(by_id::verification),
+                openapi::methods("/api/contacts/{contact_id}/verification"),
+            ),
         )
         .route(
             "/api/contacts/{contact_id}/validation",
-            api_route(patch(by_id::validation), &["PATCH"]),
+            api_route(
+                patch(by_id::validation),
+                openapi::methods("/api/contacts/{contact_id}/validation"),
+            ),
         )
         .route(
             "/api/contacts/{contact_id}/suppression",
-            api_route(patch(by_id::suppression), &["PATCH"]),
+            api_route(
+                patch(by_id::suppression),
+                openapi::methods("/api/contacts/{contact_id}/suppression"),
+            ),
         )
         .route(
             "/api/contacts/{contact_id}/history",
-            api_route(get(by_id::history), &["GET"]),
+            api_route(
+                get(by_id::history),
+                openapi::methods("/api/contacts/{contact_id}/history"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}",
-            api_route(get(lists::get_list).put(lists::put_list), &["GET", "PUT"]),
+            api_route(
+                get(lists::get_list).put(lists::put_list),
+                openapi::methods("/api/recipient-lists/{list_key}"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}/members",
-            api_route(get(lists::members), &["GET"]),
+            api_route(
+                get(lists::members),
+                openapi::methods("/api/recipient-lists/{list_key}/members"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}/members/bulk-upsert",
-            api_route(post(lists::bulk_upsert), &["POST"]),
+            api_route(
+                post(lists::bulk_upsert),
+                openapi::methods("/api/recipient-lists/{list_key}/members/bulk-upsert"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}/members/reconcile",
-            api_route(post(lists::reconcile), &["POST"]),
+            api_route(
+                post(lists::reconcile),
+                openapi::methods("/api/recipient-lists/{list_key}/members/reconcile"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}/members/{source_object_key}",
             api_route(
                 put(lists::put_member).delete(lists::delete_member),
-                &["DELETE", "PUT"],
+                openapi::methods("/api/recipient-lists/{list_key}/members/{source_object_key}"),
             ),
         )
         .route(
             "/api/recipient-lists/{list_key}/imports",
-            api_route(post(lists::imports::create), &["POST"]),
+            api_route(
+                post(lists::imports::create),
+                openapi::methods("/api/recipient-lists/{list_key}/imports"),
+            ),
         )
         .route(
             "/api/recipient-lists/{list_key}/imports/{job_id}",
-            api_route(get(lists::imports::get), &["GET"]),
+            api_route(
+                get(lists::imports::get),
+                openapi::methods("/api/recipient-lists/{list_key}/imports/{job_id}"),
+            ),
         )
         .route(
             "/api/subscriptions/subscribe",
-            api_route(post(subscriptions::subscribe), &["POST"]),
+            api_route(
+                post(subscriptions::subscribe),
+                openapi::methods("/api/subscriptions/subscribe"),
+            ),
         )
         .route(
             "/api/subscriptions/unsubscribe",
-            api_route(post(subscriptions::unsubscribe), &["POST"]),
+            api_route(
+                post(subscriptions::unsubscribe),
+                openapi::methods("/api/subscriptions/unsubscribe"),
+            ),
         )
 }
 
@@ -201,21 +269,32 @@ pub fn router(state: AppState) -> Router {
             "/api/transactional/templates/{template_key}",
             api_route(
                 get(templates::get_template).put(templates::put_template),
-                &["GET", "PUT"],
+                openapi::methods("/api/transactional/templates/{template_key}"),
             ),
         )
         .route(
             "/api/transactional/messages/{message_id}",
-            api_route(get(messages::message_status), &["GET"]),
+            api_route(
+                get(messages::message_status),
+                openapi::methods("/api/transactional/messages/{message_id}"),
+            ),
         )
         .route(
             "/api/client/senders",
             api_route(
                 get(senders::get_senders).put(senders::put_senders),
-                &["GET", "PUT"],
+                openapi::methods("/api/client/senders"),
+            ),
+        )
+        .route(
+            "/api/client/webhook",
+            api_route(
+                get(webhooks::get_webhook).put(webhooks::put_webhook),
+                openapi::methods("/api/client/webhook"),
             ),
         )
         .merge(audience_routes())
+        .route("/api-docs/openapi.json", get(openapi_document))
         .fallback(|| async { error::ApiError::NotFound })
         // Ten message parts of up to 200,000 characters fit; the default 2 MB would not.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -28,7 +28,9 @@ pub fn release_failed(error: &anyhow::Error) {
 
 pub fn task_ran(run: &TaskRun) {
     let outcome = if run.ok { "ok" } else { "error" };
-    if run.ok && run.acted_on > 0 {
+    if run.ok && run.acted_on > 0 && run.routine {
+        tracing::info!(task = run.task, acted_on = run.acted_on, detail = %run.detail, "maintenance task did its work");
+    } else if run.ok && run.acted_on > 0 {
         tracing::warn!(task = run.task, acted_on = run.acted_on, detail = %run.detail, "maintenance recovered work");
     } else if run.ok {
         tracing::debug!(task = run.task, "maintenance task ran: nothing to do");

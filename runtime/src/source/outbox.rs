@@ -9,8 +9,9 @@
 //! * **receive** claims due rows with `FOR UPDATE SKIP LOCKED` (two dispatchers never take the
 //!   same row), counts the attempt, bumps the receipt and pushes `next_attempt_at` out by the
 //!   visibility timeout, so a dispatcher that dies gives the row back by itself;
-//! * **ack** marks it done; **retry** sets the next attempt (an uncounted retry gives the
-//!   attempt back); **dead-letter** marks it failed with the reason — the table is its own DLQ;
+//! * **ack** marks it done; **retry** sets the next attempt and the reason (an uncounted
+//!   retry gives the attempt back and keeps the last real error); **dead-letter** marks it
+//!   failed with the reason — the table is its own DLQ;
 //! * every settle matches the receipt, so a dispatcher whose visibility ran out changes nothing.
 //!
 //! With `drain` set, the first empty receive exhausts the source, so a tree over it ends once
@@ -96,7 +97,7 @@ impl OutboxSource {
                 next_attempt_at = CASE WHEN s.action IN ('retry', 'defer')
                                        THEN now() + make_interval(secs => s.delay)
                                        ELSE t.next_attempt_at END,
-                last_error = CASE WHEN s.action = 'ack' THEN t.last_error ELSE s.reason END,
+                last_error = CASE WHEN s.action IN ('retry', 'dead') THEN s.reason ELSE t.last_error END,
                 updated_at = now()
             FROM s WHERE t.id = s.id AND t.receipt = s.receipt
             RETURNING t.id",
