@@ -34,8 +34,12 @@ for i in range(n):
     print(f"user{i}@example.com,t{i % 10};all,subscribed,yes")
 PY
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$SERVER/status"; }
+# CPU seconds of the server, and of all Postgres backends, so far.
+cpu_dm() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$SERVER/stat"; }
+cpu_pg() { ps -C postgres -o times= | awk '{s += $1} END {print s}'; }
 now() { date +%s.%N; }
 
+dm0=$(cpu_dm); pg0=$(cpu_pg)
 t0=$(now)
 curl -fs -o "$OUT/import.json" -H "Authorization: Bearer $KEY" \
   -F "file=@$OUT/import.csv" -F audience=news -F client=shop \
@@ -43,6 +47,7 @@ curl -fs -o "$OUT/import.json" -H "Authorization: Bearer $KEY" \
 t1=$(now)
 created=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['counts']['created'])" "$OUT/import.json")
 rss_after_import=$(peak_rss)
+dm1=$(cpu_dm); pg1=$(cpu_pg)
 
 t2=$(now)
 curl -fs -o "$OUT/export.csv" -H "Authorization: Bearer $KEY" \
@@ -66,7 +71,7 @@ conns=$(psql "$PG/postgres" -Atc "SELECT count(*) FROM pg_stat_activity WHERE da
 
 {
   echo "binary: $BIN"
-  echo "csv import: $ROWS rows, created $created, $(echo "$t1 - $t0" | bc) s"
+  echo "csv import: $ROWS rows, created $created, $(echo "$t1 - $t0" | bc) s (CPU: server $(echo "$dm1 - $dm0" | bc) s, postgres $((pg1 - pg0)) s)"
   echo "csv export: $exported rows, $(echo "$t3 - $t2" | bc) s"
   echo "server peak RSS: after import ${rss_after_import} kB, after export ${rss_after_export} kB"
   echo "api upserts: $upserts req/s (wrk 16 connections, 10 s), non-2xx: ${non2xx:-0}"

@@ -28,6 +28,9 @@ use crate::AppState;
 /// Rows per statement batch of an import and per page of the CSV export.
 const CHUNK: usize = 2_000;
 
+/// Import chunks written at once (each in its own transaction and connection).
+const PARALLEL: usize = 3;
+
 fn text(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => String::new(),
@@ -406,9 +409,10 @@ pub async fn run_import(
             by_audience.entry(scope.audience_id).or_default().push(i);
         }
     }
-    let mut created_since_analyze = 0usize;
-    let mut analyzed_at = 0usize;
-    for (audience_id, indexes) in by_audience {
+    // Chunks of one audience each; written PARALLEL at a time (their emails are distinct, and
+    // every write takes its row locks in sorted order, so they never wait on each other).
+    let mut jobs: Vec<(Scope, Vec<usize>, Vec<ContactInput>)> = Vec::new();
+    for (_, indexes) in by_audience {
         for chunk in indexes.chunks(CHUNK) {
             let scope = match &checked[chunk[0]] {
                 Checked::Ready { scope, .. } => (**scope).clone(),
@@ -421,46 +425,59 @@ pub async fn run_import(
                     _ => unreachable!("only ready items are grouped"),
                 })
                 .collect();
-            if req.dry_run {
-                let emails: Vec<&str> = inputs.iter().map(|i| i.normalized.as_str()).collect();
-                let existing: Vec<String> = sqlx::query_scalar(
-                    "SELECT c.normalized_email FROM contacts c JOIN subscriptions s
-                       ON s.contact_id = c.id AND s.audience_id = $2 AND s.client_id = $3
-                     WHERE c.normalized_email = ANY($1)",
-                )
-                .bind(&emails)
-                .bind(audience_id)
-                .bind(scope.client_id)
-                .fetch_all(&state.db)
-                .await?;
-                let existing: HashSet<String> = existing.into_iter().collect();
-                for (i, input) in chunk.iter().zip(&inputs) {
-                    let action = if existing.contains(&input.normalized) {
-                        "would_update"
-                    } else {
-                        "would_create"
-                    };
-                    outcomes.insert(
-                        *i,
-                        json!({"index": i, "item": i + 1,
-                        "email": input.normalized, "action": action}),
-                    );
-                }
-                continue;
+            jobs.push((scope, chunk.to_vec(), inputs));
+        }
+    }
+    if req.dry_run {
+        for (scope, chunk, inputs) in &jobs {
+            let emails: Vec<&str> = inputs.iter().map(|i| i.normalized.as_str()).collect();
+            let existing: Vec<String> = sqlx::query_scalar(
+                "SELECT c.normalized_email FROM contacts c JOIN subscriptions s
+                   ON s.contact_id = c.id AND s.audience_id = $2 AND s.client_id = $3
+                 WHERE c.normalized_email = ANY($1)",
+            )
+            .bind(&emails)
+            .bind(scope.audience_id)
+            .bind(scope.client_id)
+            .fetch_all(&state.db)
+            .await?;
+            let existing: HashSet<String> = existing.into_iter().collect();
+            for (i, input) in chunk.iter().zip(inputs) {
+                let action = if existing.contains(&input.normalized) {
+                    "would_update"
+                } else {
+                    "would_create"
+                };
+                outcomes.insert(
+                    *i,
+                    json!({"index": i, "item": i + 1, "email": input.normalized, "action": action}),
+                );
             }
+        }
+        jobs.clear();
+    }
+    let mut created_since_analyze = 0usize;
+    let mut analyzed_at = 0usize;
+    let mut pending = jobs.into_iter().peekable();
+    while pending.peek().is_some() {
+        // The first wave is one chunk, so statistics are fresh before the others plan.
+        let wave: Vec<_> = pending
+            .by_ref()
+            .take(if analyzed_at == 0 { 1 } else { PARALLEL })
+            .collect();
+        let written = futures::future::try_join_all(wave.iter().map(|(scope, _, inputs)| async {
             let mut tx = state.db.begin().await?;
-            let done = upsert::upsert(&mut tx, audience_id, scope.client_id, &inputs).await?;
+            let done = upsert::upsert(&mut tx, scope.audience_id, scope.client_id, inputs).await?;
             tx.commit().await?;
+            Ok::<_, sqlx::Error>(done)
+        }))
+        .await?;
+        for ((scope, chunk, inputs), done) in wave.iter().zip(written) {
             created_since_analyze += done
                 .iter()
                 .filter(|u| u.action == upsert::Action::Created)
                 .count();
-            if created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at {
-                refresh_statistics(&state.db).await;
-                analyzed_at += created_since_analyze;
-                created_since_analyze = 0;
-            }
-            for ((i, input), up) in chunk.iter().zip(&inputs).zip(&done) {
+            for ((i, input), up) in chunk.iter().zip(inputs).zip(&done) {
                 let payload = model::contact_payload(
                     Some(&up.state),
                     &scope.audience_slug,
@@ -473,6 +490,13 @@ pub async fn run_import(
                     "action": up.action.as_str(), "contact": payload}),
                 );
             }
+        }
+        if created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at {
+            refresh_statistics(&state.db).await;
+            analyzed_at += created_since_analyze;
+            created_since_analyze = 0;
+        } else if analyzed_at == 0 {
+            analyzed_at = 1;
         }
     }
 

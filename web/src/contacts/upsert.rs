@@ -593,7 +593,10 @@ pub async fn add_tags(
     for (slug, name) in slugs.iter().zip(names) {
         first.entry(slug.as_str()).or_insert(name.as_str());
     }
-    let (tag_slugs, tag_names): (Vec<&str>, Vec<&str>) = first.into_iter().unzip();
+    // Sorted, so concurrent writers lock tag rows in one order.
+    let mut pairs: Vec<(&str, &str)> = first.into_iter().collect();
+    pairs.sort_unstable();
+    let (tag_slugs, tag_names): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
     sqlx::query(
         "INSERT INTO tags (audience_id, name, slug)
          SELECT $1, left(n, 120), s FROM unnest($2::text[], $3::text[]) AS u(s, n)
