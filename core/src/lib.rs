@@ -6,6 +6,7 @@ pub mod apikey;
 pub mod contracts;
 pub mod email;
 pub mod fields;
+pub mod pyjson;
 pub mod queue;
 pub mod reasons;
 pub mod render;

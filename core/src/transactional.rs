@@ -2,15 +2,16 @@
 //! `POST /api/transactional/send` and template upserts, the delivery decision,
 //! required-context checks, sender selection and message statuses.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::fields::{self, add, present, FieldErrors};
-use crate::render::{self, TemplateSource};
+use crate::fields::{self, add, check, is_blank, py_strip, FieldErrors};
+use crate::reasons::Reason;
+use crate::render;
 use crate::{email, slug};
 
 /// Message statuses as stored in `transactional_messages.status`.
@@ -87,9 +88,10 @@ impl DeliveryDecision {
         }
     }
 
-    /// `{"allowed": .., "reason": ..}` as in the dry-run response.
+    /// `{"allowed": .., "reason": ..}` as in the dry-run response; the reason is `""` when
+    /// the send is allowed, as the original answers.
     pub fn to_json(&self) -> Value {
-        json!({"allowed": self.allowed, "reason": self.reason})
+        json!({"allowed": self.allowed, "reason": self.reason.unwrap_or("")})
     }
 }
 
@@ -117,11 +119,11 @@ pub fn decide(flags: ContactFlags, category: Option<CategoryCheck>) -> DeliveryD
 }
 
 // ---------------------------------------------------------------------------
-// Send request
+// Send request (the original's `validate_transactional_send_payload`)
 // ---------------------------------------------------------------------------
 
+/// Longest idempotency key we store (the original's column; it answers a 500 past it).
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-const MAX_TAG_LEN: usize = 80;
 const MAX_HEADERS: usize = 20;
 const MAX_MESSAGE_PARTS: usize = 10;
 const MAX_PART_CONTENT_CHARS: usize = 200_000;
@@ -153,72 +155,91 @@ fn default_disposition() -> String {
     "attachment".to_owned()
 }
 
+/// The `audience`/`client` scope fields as given (checked by [`fields::scope_errors`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScopeFields {
+    pub audience: Option<Value>,
+    pub client: Option<Value>,
+}
+
 /// A validated `POST /api/transactional/send` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
     /// Normalized (trimmed, lowercased) recipient.
     pub email: String,
-    /// The recipient as the client wrote it.
+    /// The recipient as the client wrote it, stripped.
     pub raw_email: String,
+    /// Stripped; any string (a key that is no template's answers 404 `not_found`).
     pub template_key: String,
     pub idempotency_key: Option<String>,
     pub context: Map<String, Value>,
     pub metadata: Map<String, Value>,
     pub category_tag: Option<String>,
-    pub audience: Option<String>,
-    pub client: Option<String>,
+    /// The scope fields, checked only when a `category_tag` is given.
+    pub scope: ScopeFields,
     /// A sender id (not an address).
     pub from_email: Option<String>,
     pub reply_to: Option<String>,
     pub cc: Vec<String>,
     pub bcc: Vec<String>,
-    pub headers: BTreeMap<String, String>,
+    /// In the order given.
+    pub headers: Vec<(String, String)>,
     pub message_parts: Vec<MessagePart>,
     pub dry_run: bool,
 }
 
 impl SendRequest {
-    /// Validates a send body, collecting every field error (not just the first).
+    /// Validates a send body field by field as the original does, collecting every error
+    /// in its order. The scope (`audience`, `client`) is checked afterwards by the caller,
+    /// only when a `category_tag` is given and no other field failed.
     pub fn parse(body: &Value) -> Result<SendRequest, FieldErrors> {
-        let mut errors = FieldErrors::new();
         let Some(body) = body.as_object() else {
-            add(&mut errors, "body", "must_be_object");
-            return Err(errors);
+            return Err(FieldErrors::one("body", Reason::MustBeObject));
         };
+        let mut errors = FieldErrors::new();
 
-        let raw_email = required_string(body, "email", &mut errors, |s| email::is_valid(s.trim()));
-        let template_key = required_string(body, "template_key", &mut errors, slug::is_slug);
-        let idempotency_key = optional_string(body, "idempotency_key", &mut errors, |s| {
-            !s.trim().is_empty() && s.chars().count() <= MAX_IDEMPOTENCY_KEY_LEN
-        });
-        let context = optional_object(body, "context", &mut errors);
-        let metadata = optional_object(body, "metadata", &mut errors);
-        let category_tag = optional_string(body, "category_tag", &mut errors, is_tag);
-        let audience = optional_string(body, "audience", &mut errors, |s| !s.trim().is_empty());
-        let client = optional_string(body, "client", &mut errors, |s| !s.trim().is_empty());
-        if category_tag.is_some() {
-            for (name, value) in [("audience", &audience), ("client", &client)] {
-                if value.is_none() {
-                    add(&mut errors, name, "required");
-                }
-            }
-        }
-        let from_email = optional_string(body, "from_email", &mut errors, is_tag);
-        let reply_to =
-            optional_string(body, "reply_to", &mut errors, |s| email::is_valid(s.trim()))
-                .map(|s| s.trim().to_owned());
-        let cc = address_list(body, "cc", &mut errors);
-        let bcc = address_list(body, "bcc", &mut errors);
-        let headers = headers(body, &mut errors);
-        let message_parts = message_parts(body, &mut errors);
-        let dry_run = match present(body, "dry_run") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                add(&mut errors, "dry_run", "invalid");
-                false
-            }
-        };
+        let raw_email = check(&mut errors, "email", fields::email(body.get("email")));
+        let template_key = check(
+            &mut errors,
+            "template_key",
+            fields::required_string(body.get("template_key")),
+        );
+        let idempotency_key = check(
+            &mut errors,
+            "idempotency_key",
+            fields::optional_non_empty_string(body.get("idempotency_key")).and_then(|key| {
+                key.map(|k| fields::max_chars(k, MAX_IDEMPOTENCY_KEY_LEN))
+                    .transpose()
+            }),
+        )
+        .flatten();
+        let context = check(
+            &mut errors,
+            "context",
+            fields::optional_object(body.get("context")),
+        );
+        let metadata = check(
+            &mut errors,
+            "metadata",
+            fields::optional_object(body.get("metadata")),
+        );
+        let category_tag = check(
+            &mut errors,
+            "category_tag",
+            fields::optional_non_empty_string(body.get("category_tag")),
+        )
+        .flatten();
+        let from_email = sender_id(body.get("from_email"), &mut errors);
+        let reply_to = optional_address(body.get("reply_to"), "reply_to", &mut errors);
+        let cc = address_list(body.get("cc"), "cc", &mut errors);
+        let bcc = address_list(body.get("bcc"), "bcc", &mut errors);
+        let headers = headers(body.get("headers"), &mut errors);
+        let message_parts = message_parts(body.get("message_parts"), &mut errors);
+        let dry_run = check(
+            &mut errors,
+            "dry_run",
+            fields::optional_bool(body.get("dry_run"), false),
+        );
 
         let raw_email = raw_email.unwrap_or_default();
         let request = SendRequest {
@@ -226,24 +247,27 @@ impl SendRequest {
             raw_email,
             template_key: template_key.unwrap_or_default(),
             idempotency_key,
-            context,
-            metadata,
+            context: context.unwrap_or_default(),
+            metadata: metadata.unwrap_or_default(),
             category_tag,
-            audience,
-            client,
+            scope: ScopeFields {
+                audience: body.get("audience").cloned(),
+                client: body.get("client").cloned(),
+            },
             from_email,
             reply_to,
             cc,
             bcc,
             headers,
             message_parts,
-            dry_run,
+            dry_run: dry_run.unwrap_or(false),
         };
         fields::finish(errors, request)
     }
 
-    /// What is stored as the message's metadata (and sent in the queue payload):
-    /// the client's metadata plus each delivery option that was given.
+    /// What is stored as the message's metadata (and sent in the queue payload): the
+    /// client's metadata, then each delivery option that was given, in the original's order
+    /// (a key the client's metadata already has keeps its place and takes the new value).
     pub fn message_metadata(&self) -> Map<String, Value> {
         let mut metadata = self.metadata.clone();
         if let Some(tag) = &self.category_tag {
@@ -276,141 +300,121 @@ impl SendRequest {
     }
 }
 
-/// A slug of at most 80 characters (category tags, sender ids).
-fn is_tag(s: &str) -> bool {
-    s.len() <= MAX_TAG_LEN && slug::is_slug(s)
+/// The original's `normalize_sender_id` for `from_email`: blank → none; not a string →
+/// `must_be_string`; not a slug once stripped (an address, say) → `invalid`.
+fn sender_id(value: Option<&Value>, errors: &mut FieldErrors) -> Option<String> {
+    if is_blank(value) {
+        return None;
+    }
+    let id = check(
+        errors,
+        "from_email",
+        fields::string(value.expect("not blank")).map(py_strip),
+    )?;
+    if slug::is_slug(id) {
+        Some(id.to_owned())
+    } else {
+        add(errors, "from_email", Reason::Invalid);
+        None
+    }
 }
 
-/// A required string: `required` when absent, null or blank, `invalid` when not a
-/// string or rejected by `valid`.
-fn required_string(
-    body: &Map<String, Value>,
-    name: &str,
-    errors: &mut FieldErrors,
-    valid: impl Fn(&str) -> bool,
-) -> Option<String> {
-    required_string_at(body, name, name, errors, valid)
-}
-
-/// Like [`required_string`], reporting errors under the path `field`.
-fn required_string_at(
-    body: &Map<String, Value>,
-    key: &str,
+/// `reply_to`: blank → none; a blank or non-string → `must_be_non_empty_string`; an
+/// address that does not validate → `invalid`.
+fn optional_address(
+    value: Option<&Value>,
     field: &str,
     errors: &mut FieldErrors,
-    valid: impl Fn(&str) -> bool,
 ) -> Option<String> {
-    match present(body, key) {
-        None => add(errors, field, "required"),
-        Some(Value::String(s)) if s.trim().is_empty() => add(errors, field, "required"),
-        Some(Value::String(s)) if valid(s) => return Some(s.clone()),
-        Some(_) => add(errors, field, "invalid"),
-    }
-    None
-}
-
-/// An optional string: absent when missing, null or "", `invalid` when not a
-/// string or rejected by `valid`.
-fn optional_string(
-    body: &Map<String, Value>,
-    name: &str,
-    errors: &mut FieldErrors,
-    valid: impl Fn(&str) -> bool,
-) -> Option<String> {
-    match present(body, name) {
-        None => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) if valid(s) => Some(s.clone()),
-        Some(_) => {
-            add(errors, name, "invalid");
-            None
-        }
+    let address = check(errors, field, fields::optional_non_empty_string(value))??;
+    if email::is_valid(&address) {
+        Some(address)
+    } else {
+        add(errors, field, Reason::Invalid);
+        None
     }
 }
 
-fn optional_object(
-    body: &Map<String, Value>,
-    name: &str,
-    errors: &mut FieldErrors,
-) -> Map<String, Value> {
-    match present(body, name) {
-        None => Map::new(),
-        Some(Value::Object(map)) => map.clone(),
-        Some(_) => {
-            add(errors, name, "must_be_object");
-            Map::new()
-        }
+/// `cc`/`bcc`: blank → none; one address or a list (else `must_be_list`); each item a
+/// non-empty string (`<field>.N: must_be_non_empty_string`) that validates (`invalid`).
+fn address_list(value: Option<&Value>, field: &str, errors: &mut FieldErrors) -> Vec<String> {
+    if is_blank(value) {
+        return Vec::new();
     }
-}
-
-/// `cc`/`bcc`: one address or a list of addresses.
-fn address_list(body: &Map<String, Value>, name: &str, errors: &mut FieldErrors) -> Vec<String> {
-    let items: Vec<&Value> = match present(body, name) {
-        None => return Vec::new(),
-        Some(Value::String(s)) if s.trim().is_empty() => return Vec::new(),
-        Some(single @ Value::String(_)) => vec![single],
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(_) => {
-            add(errors, name, "invalid");
+    let items: Vec<&Value> = match value.expect("not blank") {
+        single @ Value::String(_) => vec![single],
+        Value::Array(items) => items.iter().collect(),
+        _ => {
+            add(errors, field, Reason::MustBeList);
             return Vec::new();
         }
     };
     let mut addresses = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        match item.as_str().map(str::trim) {
-            Some(address) if email::is_valid(address) => addresses.push(address.to_owned()),
-            _ => add(errors, format!("{name}.{i}"), "invalid"),
+        let item_field = format!("{field}.{i}");
+        let Some(address) = check(errors, &item_field, fields::non_empty_string(item)) else {
+            continue;
+        };
+        if email::is_valid(&address) {
+            addresses.push(address);
+        } else {
+            add(errors, item_field, Reason::Invalid);
         }
     }
     addresses
 }
 
-fn headers(body: &Map<String, Value>, errors: &mut FieldErrors) -> BTreeMap<String, String> {
-    let mut headers = BTreeMap::new();
-    let entries = match present(body, "headers") {
-        None => return headers,
-        Some(Value::Object(entries)) => entries,
-        Some(_) => {
-            add(errors, "headers", "must_be_object");
-            return headers;
-        }
+fn headers(value: Option<&Value>, errors: &mut FieldErrors) -> Vec<(String, String)> {
+    if is_blank(value) {
+        return Vec::new();
+    }
+    let Some(entries) = value.and_then(Value::as_object) else {
+        add(errors, "headers", Reason::MustBeObject);
+        return Vec::new();
     };
     if entries.len() > MAX_HEADERS {
-        add(errors, "headers", "too_many");
-        return headers;
+        add(errors, "headers", Reason::TooMany);
+        return Vec::new();
     }
-    for (name, value) in entries {
-        let field = format!("headers.{name}");
+    let mut headers = Vec::with_capacity(entries.len());
+    for (raw_name, value) in entries {
+        let name = py_strip(raw_name);
+        let field = format!("headers.{}", if name.is_empty() { raw_name } else { name });
         if !HEADER_NAME_RE.is_match(name) {
-            add(errors, field, "invalid_name");
+            add(errors, field, Reason::InvalidName);
         } else if RESERVED_HEADERS
             .iter()
             .any(|r| r.eq_ignore_ascii_case(name))
         {
-            add(errors, field, "reserved");
+            add(errors, field, Reason::Reserved);
         } else {
             match value.as_str() {
                 Some(v) if !v.contains(['\r', '\n']) => {
-                    headers.insert(name.clone(), v.to_owned());
+                    match headers
+                        .iter_mut()
+                        .find(|(n, _): &&mut (String, String)| n == name)
+                    {
+                        Some(entry) => entry.1 = v.to_owned(),
+                        None => headers.push((name.to_owned(), v.to_owned())),
+                    }
                 }
-                _ => add(errors, field, "invalid_value"),
+                _ => add(errors, field, Reason::InvalidValue),
             }
         }
     }
     headers
 }
 
-fn message_parts(body: &Map<String, Value>, errors: &mut FieldErrors) -> Vec<MessagePart> {
-    let items = match present(body, "message_parts") {
-        None => return Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            add(errors, "message_parts", "must_be_list");
-            return Vec::new();
-        }
+fn message_parts(value: Option<&Value>, errors: &mut FieldErrors) -> Vec<MessagePart> {
+    if is_blank(value) {
+        return Vec::new();
+    }
+    let Some(items) = value.and_then(Value::as_array) else {
+        add(errors, "message_parts", Reason::MustBeList);
+        return Vec::new();
     };
     if items.len() > MAX_MESSAGE_PARTS {
-        add(errors, "message_parts", "too_many");
+        add(errors, "message_parts", Reason::TooMany);
         return Vec::new();
     }
     items
@@ -420,68 +424,61 @@ fn message_parts(body: &Map<String, Value>, errors: &mut FieldErrors) -> Vec<Mes
         .collect()
 }
 
+/// The main type Python's `Message.get_content_type()` reads from a header value: the part
+/// before `;`, lowercased; anything without exactly one `/` reads as `text/plain`.
+fn content_main_type(value: &str) -> String {
+    let ctype = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase();
+    if ctype.matches('/').count() != 1 {
+        return "text".to_owned();
+    }
+    ctype.split('/').next().unwrap_or_default().to_owned()
+}
+
 fn message_part(item: &Value, prefix: &str, errors: &mut FieldErrors) -> Option<MessagePart> {
     let Some(part) = item.as_object() else {
-        add(errors, prefix, "must_be_object");
+        add(errors, prefix, Reason::MustBeObject);
         return None;
     };
     let before = errors.len();
-    let content_type = match present(part, "content_type") {
-        None => {
-            add(errors, format!("{prefix}.content_type"), "required");
-            String::new()
-        }
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            add(errors, format!("{prefix}.content_type"), "required");
-            String::new()
-        }
-        Some(Value::String(s)) if s.contains(['\r', '\n']) => {
-            add(errors, format!("{prefix}.content_type"), "invalid");
-            String::new()
-        }
-        Some(Value::String(s)) => {
-            let main_type = s.split('/').next().unwrap_or_default().trim();
-            if !main_type.eq_ignore_ascii_case("text") {
-                add(errors, format!("{prefix}.content_type"), "unsupported");
-            }
-            s.trim().to_owned()
-        }
-        Some(_) => {
-            add(errors, format!("{prefix}.content_type"), "invalid");
-            String::new()
-        }
-    };
-    let content = match present(part, "content") {
-        None => String::new(),
+    let content_type_field = format!("{prefix}.content_type");
+    let content_type = check(
+        errors,
+        &content_type_field,
+        fields::required_string(part.get("content_type")),
+    )?;
+    if content_main_type(&content_type) != "text" || content_type.contains(['\r', '\n']) {
+        add(errors, content_type_field, Reason::Unsupported);
+        return None;
+    }
+    let content = match part.get("content") {
         Some(Value::String(s)) if s.chars().count() > MAX_PART_CONTENT_CHARS => {
-            add(errors, format!("{prefix}.content"), "too_long");
+            add(errors, format!("{prefix}.content"), Reason::TooLarge);
             String::new()
         }
         Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            add(errors, format!("{prefix}.content"), "invalid");
+        _ => {
+            add(errors, format!("{prefix}.content"), Reason::MustBeString);
             String::new()
         }
     };
-    let filename = match present(part, "filename") {
-        None => None,
-        Some(Value::String(s)) if s.is_empty() => None,
+    let filename = match part.get("filename") {
+        v if is_blank(v) => None,
         Some(Value::String(s)) if !s.contains(['/', '\\', '\r', '\n', '"']) => Some(s.clone()),
-        Some(_) => {
-            add(errors, format!("{prefix}.filename"), "invalid");
+        _ => {
+            add(errors, format!("{prefix}.filename"), Reason::Invalid);
             None
         }
     };
-    let disposition = match present(part, "disposition") {
-        None => default_disposition(),
-        Some(Value::String(s)) if s.is_empty() => default_disposition(),
-        Some(Value::String(s))
-            if s.eq_ignore_ascii_case("attachment") || s.eq_ignore_ascii_case("inline") =>
-        {
-            s.to_ascii_lowercase()
-        }
-        Some(_) => {
-            add(errors, format!("{prefix}.disposition"), "invalid");
+    let disposition = match part.get("disposition") {
+        v if is_blank(v) => default_disposition(),
+        Some(Value::String(s)) if s == "attachment" || s == "inline" => s.clone(),
+        _ => {
+            add(errors, format!("{prefix}.disposition"), Reason::Invalid);
             default_disposition()
         }
     };
@@ -497,196 +494,180 @@ fn message_part(item: &Value, prefix: &str, errors: &mut FieldErrors) -> Option<
 // Required context
 // ---------------------------------------------------------------------------
 
-/// Names declared in `required_context` (a list of names or `{name, description}`
-/// objects), in order.
+/// Names declared in `required_context` (names, or `{name, description}` objects whose
+/// name is turned into text as Python's `str()` would), stripped, blanks skipped.
 pub fn required_context_names(required_context: &Value) -> Vec<String> {
-    required_context
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| match item {
-                    Value::String(name) => Some(name.clone()),
-                    Value::Object(obj) => {
-                        obj.get("name").and_then(Value::as_str).map(str::to_owned)
-                    }
-                    _ => None,
-                })
-                .filter(|name| !name.is_empty())
-                .collect()
+    let Some(items) = required_context.as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::String(name) => Some(py_strip(name).to_owned()),
+            Value::Object(obj) => match obj.get("name") {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+                Some(Value::String(s)) => Some(py_strip(s).to_owned()),
+                Some(other) => Some(render::py_str(other)),
+            },
+            _ => None,
         })
-        .unwrap_or_default()
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
-/// Required names absent from `context` or given as null or "". The API reports
-/// each as `context.<name>: required`.
+/// Required names absent from `context` or given as null or "". The API reports each as
+/// `context.<name>: required`.
 pub fn missing_required_context(
     required_context: &Value,
     context: &Map<String, Value>,
 ) -> Vec<String> {
     required_context_names(required_context)
         .into_iter()
-        .filter(|name| match context.get(name) {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s.is_empty(),
-            Some(_) => false,
-        })
+        .filter(|name| is_blank(context.get(name)))
         .collect()
 }
 
+/// `context.<name>: required` for each missing name, in `required_context` order.
+pub fn required_context_errors(
+    required_context: &Value,
+    context: &Map<String, Value>,
+) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    for name in missing_required_context(required_context, context) {
+        errors.insert(format!("context.{name}"), Reason::Required);
+    }
+    errors
+}
+
 // ---------------------------------------------------------------------------
-// Template upsert
+// Template upsert (the original's `validate_transactional_template_payload`)
 // ---------------------------------------------------------------------------
 
+/// Longest template key, name and subject we store (the original's columns; it answers a
+/// 500 past them).
+pub const MAX_TEMPLATE_KEY_LEN: usize = 120;
 const MAX_TEMPLATE_TEXT_LEN: usize = 255;
 
 /// A validated `PUT /api/transactional/templates/{key}` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TemplateUpsert {
+    /// Stripped.
     pub name: String,
+    /// Stripped.
     pub subject: String,
+    /// Stripped.
     pub description: String,
     pub html_body: String,
     pub text_body: String,
-    /// A list of names or `{name, description}` objects.
+    /// A list (names or `{name, description}` objects), stored as given.
     pub required_context: Value,
     /// An object.
     pub example_context: Value,
     pub is_active: bool,
+    /// Ours: HTML-escape context values when rendering (default false, as the original).
+    pub autoescape: bool,
     /// A sender id or "" (the web layer checks it against the client's senders).
     pub default_sender_id: String,
 }
 
 impl TemplateUpsert {
-    /// Validates field types and template syntax, collecting every field error.
+    /// Validates field types as the original does, then (ours) that each template field is
+    /// valid Django template syntax, collecting every field error in order.
     pub fn parse(body: &Value) -> Result<TemplateUpsert, FieldErrors> {
-        let mut errors = FieldErrors::new();
         let Some(body) = body.as_object() else {
-            add(&mut errors, "body", "must_be_object");
-            return Err(errors);
+            return Err(FieldErrors::one("body", Reason::MustBeObject));
         };
-        let name = short_required_text(body, "name", &mut errors);
-        let subject = short_required_text(body, "subject", &mut errors);
-        let description = text_or_empty(body, "description", &mut errors);
-        let html_body = text_or_empty(body, "html_body", &mut errors);
-        let text_body = text_or_empty(body, "text_body", &mut errors);
+        let mut errors = FieldErrors::new();
+        let text = |value: Result<String, Reason>| {
+            value.and_then(|s| fields::max_chars(s, MAX_TEMPLATE_TEXT_LEN))
+        };
+        let name = check(
+            &mut errors,
+            "name",
+            text(fields::required_string(body.get("name"))),
+        );
+        let subject = check(
+            &mut errors,
+            "subject",
+            text(fields::required_string(body.get("subject"))),
+        );
+        let mut strings =
+            [("description", ""), ("html_body", ""), ("text_body", "")].map(|(field, default)| {
+                match body.get(field) {
+                    None => Some(default.to_owned()),
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => {
+                        add(&mut errors, field, Reason::MustBeString);
+                        None
+                    }
+                }
+            });
+        let [description, html_body, text_body] = std::mem::take(&mut strings);
+        let required_context = check(
+            &mut errors,
+            "required_context",
+            fields::optional_list(body.get("required_context")),
+        );
+        let example_context = check(
+            &mut errors,
+            "example_context",
+            fields::optional_object(body.get("example_context")),
+        );
+        let is_active = check(
+            &mut errors,
+            "is_active",
+            body.get("is_active").map_or(Ok(true), fields::boolean),
+        );
+        let autoescape = check(
+            &mut errors,
+            "autoescape",
+            body.get("autoescape").map_or(Ok(false), fields::boolean),
+        );
+        let default_sender_id = check(
+            &mut errors,
+            "default_sender_id",
+            fields::optional_non_empty_string(body.get("default_sender_id")).and_then(
+                |id| match id {
+                    Some(id) if !slug::is_slug(&id) => Err(Reason::Invalid),
+                    id => Ok(id.unwrap_or_default()),
+                },
+            ),
+        );
 
-        let required_context = match present(body, "required_context") {
-            None => Value::Array(Vec::new()),
-            Some(Value::Array(items)) if items.iter().all(is_context_name) => {
-                Value::Array(items.clone())
-            }
-            Some(_) => {
-                add(&mut errors, "required_context", "invalid");
-                Value::Array(Vec::new())
-            }
-        };
-        let example_context = match present(body, "example_context") {
-            None => Value::Object(Map::new()),
-            Some(obj @ Value::Object(_)) => obj.clone(),
-            Some(_) => {
-                add(&mut errors, "example_context", "invalid");
-                Value::Object(Map::new())
-            }
-        };
-        let is_active = match present(body, "is_active") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                add(&mut errors, "is_active", "invalid");
-                true
-            }
-        };
-        let default_sender_id = match present(body, "default_sender_id") {
-            None => String::new(),
-            Some(Value::String(s)) if s.is_empty() || is_tag(s) => s.clone(),
-            Some(_) => {
-                add(&mut errors, "default_sender_id", "invalid");
-                String::new()
-            }
-        };
-
-        // Each template field is checked on its own so every broken one is reported.
-        for (field, text) in [
-            ("subject", subject.as_deref()),
-            ("html_body", Some(html_body.as_str())),
-            ("text_body", Some(text_body.as_str())),
+        // Ours: each template field must compile, so a broken template is refused here
+        // instead of failing every send.
+        for (field, source) in [
+            ("subject", &subject),
+            ("html_body", &html_body),
+            ("text_body", &text_body),
         ] {
-            let Some(text) = text.filter(|_| !errors.contains_key(field)) else {
-                continue;
-            };
-            let mut src = TemplateSource {
-                subject: "",
-                html_body: "",
-                text_body: "",
-            };
-            match field {
-                "subject" => src.subject = text,
-                "html_body" => src.html_body = text,
-                _ => src.text_body = text,
-            }
-            if render::check_syntax(&src).is_err() {
-                add(&mut errors, field, "invalid_template");
+            if let Some(source) = source {
+                if render::check_syntax(source).is_err() {
+                    add(&mut errors, field, Reason::InvalidTemplate);
+                }
             }
         }
 
-        let upsert = TemplateUpsert {
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(TemplateUpsert {
             name: name.unwrap_or_default(),
             subject: subject.unwrap_or_default(),
-            description,
-            html_body,
-            text_body,
-            required_context,
-            example_context,
-            is_active,
-            default_sender_id,
-        };
-        fields::finish(errors, upsert)
-    }
-}
-
-fn is_context_name(item: &Value) -> bool {
-    match item {
-        Value::String(name) => !name.is_empty(),
-        Value::Object(obj) => obj
-            .get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|name| !name.is_empty()),
-        _ => false,
-    }
-}
-
-/// A required non-blank string of at most 255 characters.
-fn short_required_text(
-    body: &Map<String, Value>,
-    name: &str,
-    errors: &mut FieldErrors,
-) -> Option<String> {
-    match present(body, name) {
-        None => add(errors, name, "required"),
-        Some(Value::String(s)) if s.trim().is_empty() => add(errors, name, "required"),
-        Some(Value::String(s)) if s.chars().count() > MAX_TEMPLATE_TEXT_LEN => {
-            add(errors, name, "too_long")
-        }
-        Some(Value::String(s)) => return Some(s.clone()),
-        Some(_) => add(errors, name, "invalid"),
-    }
-    None
-}
-
-fn text_or_empty(body: &Map<String, Value>, name: &str, errors: &mut FieldErrors) -> String {
-    match present(body, name) {
-        None => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            add(errors, name, "invalid");
-            String::new()
-        }
+            description: py_strip(&description.unwrap_or_default()).to_owned(),
+            html_body: html_body.unwrap_or_default(),
+            text_body: text_body.unwrap_or_default(),
+            required_context: Value::Array(required_context.unwrap_or_default()),
+            example_context: Value::Object(example_context.unwrap_or_default()),
+            is_active: is_active.unwrap_or(true),
+            autoescape: autoescape.unwrap_or(false),
+            default_sender_id: default_sender_id.unwrap_or_default(),
+        })
     }
 }
 
 // ---------------------------------------------------------------------------
-// Senders
+// Senders (the original's `validate_sender_policy_payload`, `resolve_sender_email`)
 // ---------------------------------------------------------------------------
 
 /// A configured sender of a client: an id the API refers to and the address
@@ -697,14 +678,14 @@ pub struct SenderIdentity {
     pub email: String,
 }
 
-/// Picks the sender: the request's id, else the template's default, else the
-/// client's default. The chosen id must be configured, else `not_configured`.
+/// Picks the sender: the request's id, else the template's default, else the client's
+/// default. The chosen id must be configured, else `not_configured`.
 pub fn resolve_sender(
     requested: Option<&str>,
     template_default: &str,
     client_default: &str,
     senders: &[SenderIdentity],
-) -> Result<SenderIdentity, &'static str> {
+) -> Result<SenderIdentity, Reason> {
     let id = [
         requested.unwrap_or_default(),
         template_default,
@@ -713,578 +694,87 @@ pub fn resolve_sender(
     .into_iter()
     .map(str::trim)
     .find(|id| !id.is_empty())
-    .ok_or("not_configured")?;
+    .ok_or(Reason::NotConfigured)?;
     senders
         .iter()
         .find(|sender| sender.id == id)
         .cloned()
-        .ok_or("not_configured")
+        .ok_or(Reason::NotConfigured)
 }
 
-/// Validates `PUT /api/client/senders`: `senders` (or legacy `sender_emails`), a
-/// list of `{id, email}` with unique slug ids, and an optional
-/// `default_sender_id` (the first sender when omitted; "" when the set is empty).
+/// Validates `PUT /api/client/senders` as the original: `senders` (or `sender_emails`) a
+/// non-empty list of `{id, email}` with unique slug ids and valid addresses, and
+/// `default_sender_id` (the first sender when blank) one of them.
 pub fn parse_senders(body: &Value) -> Result<(Vec<SenderIdentity>, String), FieldErrors> {
-    let mut errors = FieldErrors::new();
     let Some(body) = body.as_object() else {
-        add(&mut errors, "body", "must_be_object");
-        return Err(errors);
+        return Err(FieldErrors::one("body", Reason::MustBeObject));
     };
-    let (list_name, list) = match (present(body, "senders"), present(body, "sender_emails")) {
-        (Some(list), _) => ("senders", list),
-        (None, Some(list)) => ("sender_emails", list),
-        (None, None) => {
-            add(&mut errors, "senders", "required");
-            return Err(errors);
-        }
+    let mut errors = FieldErrors::new();
+    let list = match body.get("senders") {
+        Some(v) => Some(v),
+        None => body.get("sender_emails"),
     };
-    let Some(items) = list.as_array() else {
-        add(&mut errors, list_name, "invalid");
-        return Err(errors);
+    let items: &[Value] = match check(&mut errors, "senders", fields::non_empty_list(list)) {
+        Some(items) => items,
+        None => &[],
     };
 
-    let mut senders = Vec::with_capacity(items.len());
+    let mut senders: Vec<SenderIdentity> = Vec::with_capacity(items.len());
     let mut seen = HashSet::new();
     for (i, item) in items.iter().enumerate() {
-        let prefix = format!("{list_name}.{i}");
+        let prefix = format!("senders.{i}");
         let Some(item) = item.as_object() else {
-            add(&mut errors, prefix, "invalid");
+            add(&mut errors, prefix, Reason::MustBeObject);
             continue;
         };
-        let id = required_string_at(item, "id", &format!("{prefix}.id"), &mut errors, is_tag);
-        let address = required_string_at(
-            item,
-            "email",
-            &format!("{prefix}.email"),
+        let Some(id) = check(
             &mut errors,
-            |s| email::parse_sender(s).is_some(),
-        );
-        if let Some(id) = &id {
-            if !seen.insert(id.clone()) {
-                add(&mut errors, format!("{prefix}.id"), "duplicate");
-            }
+            &format!("{prefix}.id"),
+            fields::slug(item.get("id")),
+        ) else {
+            continue;
+        };
+        if !seen.insert(id.clone()) {
+            add(&mut errors, format!("{prefix}.id"), Reason::Duplicate);
+            continue;
         }
-        if let (Some(id), Some(address)) = (id, address) {
-            senders.push(SenderIdentity {
-                id,
-                email: address.trim().to_owned(),
-            });
+        let email_field = format!("{prefix}.email");
+        let Some(address) = check(
+            &mut errors,
+            &email_field,
+            fields::required_string(item.get("email")),
+        ) else {
+            continue;
+        };
+        if email::parse_sender(&address).is_none() {
+            add(&mut errors, email_field, Reason::Invalid);
+            continue;
         }
+        senders.push(SenderIdentity { id, email: address });
     }
 
-    let default_sender_id = match present(body, "default_sender_id") {
-        None => senders.first().map(|s| s.id.clone()).unwrap_or_default(),
-        Some(Value::String(s)) if s.is_empty() => {
-            senders.first().map(|s| s.id.clone()).unwrap_or_default()
-        }
-        Some(Value::String(s)) => {
-            if errors.is_empty() && !senders.iter().any(|sender| &sender.id == s) {
-                add(&mut errors, "default_sender_id", "not_configured");
+    let raw_default = body.get("default_sender_id");
+    let default_sender_id = if is_blank(raw_default) && !senders.is_empty() {
+        Some(senders[0].id.clone())
+    } else {
+        match raw_default {
+            Some(Value::String(s)) if !py_strip(s).is_empty() => {
+                let id = py_strip(s).to_owned();
+                if !slug::is_slug(&id) {
+                    add(&mut errors, "default_sender_id", Reason::Invalid);
+                }
+                Some(id)
             }
-            s.clone()
-        }
-        Some(_) => {
-            add(&mut errors, "default_sender_id", "invalid");
-            String::new()
+            _ => {
+                add(&mut errors, "default_sender_id", Reason::Required);
+                None
+            }
         }
     };
-    fields::finish(errors, (senders, default_sender_id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn errors_of<T: std::fmt::Debug>(result: Result<T, FieldErrors>) -> Vec<(String, String)> {
-        result.unwrap_err().into_iter().collect()
-    }
-
-    fn error_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(f, r)| (f.to_string(), r.to_string()))
-            .collect()
-    }
-
-    fn send(extra: Value) -> Value {
-        let mut body = json!({"email": "  Alice@Example.COM ", "template_key": "welcome"});
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        body
-    }
-
-    #[test]
-    fn decision_order_and_reasons() {
-        let none = ContactFlags::default();
-        let scoped = Some(CategoryCheck {
-            has_scope: true,
-            category_disabled: false,
-        });
-        assert_eq!(
-            decide(none, None),
-            DeliveryDecision {
-                allowed: true,
-                reason: None
-            }
-        );
-        let all = ContactFlags {
-            hard_bounced: true,
-            complained: true,
-            global_unsubscribed: true,
-        };
-        assert_eq!(decide(all, scoped).reason, Some("hard_bounce"));
-        let complained = ContactFlags {
-            complained: true,
-            global_unsubscribed: true,
-            ..none
-        };
-        assert_eq!(decide(complained, scoped).reason, Some("complaint"));
-        let unsubscribed = ContactFlags {
-            global_unsubscribed: true,
-            ..none
-        };
-        assert!(
-            decide(unsubscribed, None).allowed,
-            "global unsubscribe only counts with a category"
-        );
-        assert_eq!(
-            decide(unsubscribed, scoped).reason,
-            Some("global_unsubscribe")
-        );
-        let no_scope = Some(CategoryCheck {
-            has_scope: false,
-            category_disabled: true,
-        });
-        assert_eq!(
-            decide(none, no_scope).reason,
-            Some("missing_category_scope")
-        );
-        let disabled = Some(CategoryCheck {
-            has_scope: true,
-            category_disabled: true,
-        });
-        assert_eq!(decide(none, disabled).reason, Some("category_unsubscribe"));
-        assert!(decide(none, scoped).allowed);
-    }
-
-    #[test]
-    fn decision_json_shape() {
-        let blocked = decide(
-            ContactFlags {
-                hard_bounced: true,
-                ..Default::default()
-            },
-            None,
-        );
-        assert_eq!(
-            blocked.to_json(),
-            json!({"allowed": false, "reason": "hard_bounce"})
-        );
-        assert_eq!(
-            decide(ContactFlags::default(), None).to_json(),
-            json!({"allowed": true, "reason": null})
-        );
-    }
-
-    #[test]
-    fn worker_terminal_statuses() {
-        for s in ["sent", "skipped", "failed", "bounced", "complained"] {
-            assert!(is_worker_terminal(s), "{s}");
+    if let Some(id) = &default_sender_id {
+        if !senders.iter().any(|s| &s.id == id) {
+            add(&mut errors, "default_sender_id", Reason::NotConfigured);
         }
-        assert!(!is_worker_terminal(status::QUEUED));
-        assert!(!is_worker_terminal(status::SENDING));
     }
-
-    #[test]
-    fn generated_keys() {
-        let key = generate_idempotency_key();
-        let hex = key.strip_prefix("transactional-message:").unwrap();
-        assert_eq!(hex.len(), 32);
-        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(member_idempotency_key("k", "m-1"), "k:m-1");
-    }
-
-    #[test]
-    fn minimal_send_parses_with_defaults() {
-        let req = SendRequest::parse(&send(json!({}))).unwrap();
-        assert_eq!(req.email, "alice@example.com");
-        assert_eq!(req.raw_email, "  Alice@Example.COM ");
-        assert_eq!(req.template_key, "welcome");
-        assert_eq!(req.idempotency_key, None);
-        assert!(req.context.is_empty() && req.cc.is_empty() && req.headers.is_empty());
-        assert!(!req.dry_run);
-        assert!(req.message_metadata().is_empty());
-    }
-
-    #[test]
-    fn full_send_builds_metadata() {
-        let req = SendRequest::parse(&send(json!({
-            "idempotency_key": "order-1",
-            "context": {"name": "Ada"},
-            "metadata": {"order_id": 7},
-            "category_tag": "receipts",
-            "audience": "acme",
-            "client": "shop",
-            "from_email": "support",
-            "reply_to": "help@example.com",
-            "cc": "boss@example.com",
-            "bcc": ["audit@example.com"],
-            "headers": {"X-Order": "7"},
-            "message_parts": [{"content_type": "text/calendar", "content": "BEGIN:VCALENDAR", "filename": "a.ics"}],
-            "dry_run": true
-        })))
-        .unwrap();
-        assert_eq!(req.cc, vec!["boss@example.com"]);
-        assert_eq!(req.from_email.as_deref(), Some("support"));
-        assert!(req.dry_run);
-        assert_eq!(req.message_parts[0].disposition, "attachment");
-        assert_eq!(
-            Value::Object(req.message_metadata()),
-            json!({
-                "order_id": 7,
-                "category_tag": "receipts",
-                "reply_to": "help@example.com",
-                "cc": ["boss@example.com"],
-                "bcc": ["audit@example.com"],
-                "headers": {"X-Order": "7"},
-                "message_parts": [{"content_type": "text/calendar", "content": "BEGIN:VCALENDAR", "filename": "a.ics", "disposition": "attachment"}]
-            })
-        );
-    }
-
-    #[test]
-    fn missing_required_fields_are_all_reported() {
-        assert_eq!(
-            errors_of(SendRequest::parse(&json!({"email": " "}))),
-            error_pairs(&[("email", "required"), ("template_key", "required")])
-        );
-        assert_eq!(
-            errors_of(SendRequest::parse(&json!([]))),
-            error_pairs(&[("body", "must_be_object")])
-        );
-    }
-
-    #[test]
-    fn each_invalid_field_is_named() {
-        let body = json!({
-            "email": "not-an-email",
-            "template_key": "has space",
-            "idempotency_key": "   ",
-            "context": [],
-            "metadata": "x",
-            "from_email": "sender@example.com",
-            "reply_to": "nope",
-            "cc": ["ok@example.com", "bad"],
-            "bcc": 5,
-            "headers": {"Subject": "x", "X Bad": "y", "X-Crlf": "a\r\nb", "X-Num": 1},
-            "message_parts": [{"content_type": "application/pdf"}, {"content": 1}, "x"],
-            "dry_run": "yes"
-        });
-        assert_eq!(
-            errors_of(SendRequest::parse(&body)),
-            error_pairs(&[
-                ("bcc", "invalid"),
-                ("cc.1", "invalid"),
-                ("context", "must_be_object"),
-                ("dry_run", "invalid"),
-                ("email", "invalid"),
-                ("from_email", "invalid"),
-                ("headers.Subject", "reserved"),
-                ("headers.X Bad", "invalid_name"),
-                ("headers.X-Crlf", "invalid_value"),
-                ("headers.X-Num", "invalid_value"),
-                ("idempotency_key", "invalid"),
-                ("message_parts.0.content_type", "unsupported"),
-                ("message_parts.1.content", "invalid"),
-                ("message_parts.1.content_type", "required"),
-                ("message_parts.2", "must_be_object"),
-                ("metadata", "must_be_object"),
-                ("reply_to", "invalid"),
-                ("template_key", "invalid"),
-            ])
-        );
-    }
-
-    #[test]
-    fn category_tag_requires_scope() {
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(json!({"category_tag": "news"})))),
-            error_pairs(&[("audience", "required"), ("client", "required")])
-        );
-        assert!(SendRequest::parse(&send(
-            json!({"category_tag": "news", "audience": "a", "client": "c"})
-        ))
-        .is_ok());
-        let long_tag = "t".repeat(81);
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(
-                json!({"category_tag": long_tag, "audience": "a", "client": "c"})
-            ))),
-            error_pairs(&[("category_tag", "invalid")])
-        );
-    }
-
-    #[test]
-    fn idempotency_key_length_limit() {
-        assert!(SendRequest::parse(&send(json!({"idempotency_key": "k".repeat(255)}))).is_ok());
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(
-                json!({"idempotency_key": "k".repeat(256)})
-            ))),
-            error_pairs(&[("idempotency_key", "invalid")])
-        );
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(json!({"idempotency_key": 5})))),
-            error_pairs(&[("idempotency_key", "invalid")])
-        );
-    }
-
-    #[test]
-    fn header_limits() {
-        let many: Map<String, Value> = (0..21).map(|i| (format!("X-H{i}"), json!("v"))).collect();
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(json!({"headers": many})))),
-            error_pairs(&[("headers", "too_many")])
-        );
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(json!({"headers": ["X-A"]})))),
-            error_pairs(&[("headers", "must_be_object")])
-        );
-        assert_eq!(
-            errors_of(SendRequest::parse(&send(
-                json!({"headers": {"reply-TO": "x"}})
-            ))),
-            error_pairs(&[("headers.reply-TO", "reserved")])
-        );
-    }
-
-    #[test]
-    fn message_part_rules() {
-        let parts = |p: Value| SendRequest::parse(&send(json!({"message_parts": p})));
-        assert_eq!(
-            errors_of(parts(json!({}))),
-            error_pairs(&[("message_parts", "must_be_list")])
-        );
-        let eleven: Vec<Value> = (0..11)
-            .map(|_| json!({"content_type": "text/plain"}))
-            .collect();
-        assert_eq!(
-            errors_of(parts(json!(eleven))),
-            error_pairs(&[("message_parts", "too_many")])
-        );
-        assert_eq!(
-            errors_of(parts(
-                json!([{"content_type": "text/plain", "content": "x".repeat(200_001)}])
-            )),
-            error_pairs(&[("message_parts.0.content", "too_long")])
-        );
-        assert_eq!(
-            errors_of(parts(
-                json!([{"content_type": "text/plain", "filename": "../etc/passwd"}])
-            )),
-            error_pairs(&[("message_parts.0.filename", "invalid")])
-        );
-        assert_eq!(
-            errors_of(parts(
-                json!([{"content_type": "text/plain", "disposition": "form-data"}])
-            )),
-            error_pairs(&[("message_parts.0.disposition", "invalid")])
-        );
-        let ok = parts(json!([{"content_type": "TEXT/html; charset=utf-8", "content": "<p>", "disposition": "Inline"}])).unwrap();
-        assert_eq!(ok.message_parts[0].disposition, "inline");
-        assert_eq!(ok.message_parts[0].filename, None);
-    }
-
-    #[test]
-    fn null_optionals_are_absent() {
-        let req = SendRequest::parse(&send(json!({
-            "context": null, "cc": null, "headers": null, "dry_run": null, "from_email": "", "idempotency_key": null
-        })))
-        .unwrap();
-        assert!(req.context.is_empty() && req.cc.is_empty() && !req.dry_run);
-        assert_eq!(req.from_email, None);
-    }
-
-    #[test]
-    fn message_part_round_trips_through_serde() {
-        let part: MessagePart =
-            serde_json::from_value(json!({"content_type": "text/plain", "content": "x"})).unwrap();
-        assert_eq!(part.disposition, "attachment");
-        assert_eq!(
-            serde_json::to_value(&part).unwrap(),
-            json!({"content_type": "text/plain", "content": "x", "disposition": "attachment"})
-        );
-    }
-
-    #[test]
-    fn required_context_checks() {
-        let required =
-            json!(["reset_url", {"name": "name", "description": "who"}, {"name": "code"}, "count"]);
-        let context = json!({"reset_url": "", "name": null, "count": 0})
-            .as_object()
-            .unwrap()
-            .clone();
-        assert_eq!(
-            missing_required_context(&required, &context),
-            vec!["reset_url", "name", "code"]
-        );
-        assert!(missing_required_context(&json!(null), &context).is_empty());
-        assert_eq!(
-            required_context_names(&required),
-            vec!["reset_url", "name", "code", "count"]
-        );
-    }
-
-    #[test]
-    fn template_upsert_defaults() {
-        let upsert =
-            TemplateUpsert::parse(&json!({"name": "Welcome", "subject": "Hi {{ name }}"})).unwrap();
-        assert_eq!(upsert.subject, "Hi {{ name }}");
-        assert!(upsert.is_active);
-        assert_eq!(upsert.required_context, json!([]));
-        assert_eq!(upsert.example_context, json!({}));
-        assert_eq!(upsert.default_sender_id, "");
-    }
-
-    #[test]
-    fn template_upsert_reports_each_bad_type() {
-        let body = json!({
-            "name": 5,
-            "subject": ["x"],
-            "description": 1,
-            "required_context": "reset_url",
-            "example_context": [],
-            "is_active": "yes",
-            "default_sender_id": "not a slug"
-        });
-        assert_eq!(
-            errors_of(TemplateUpsert::parse(&body)),
-            error_pairs(&[
-                ("default_sender_id", "invalid"),
-                ("description", "invalid"),
-                ("example_context", "invalid"),
-                ("is_active", "invalid"),
-                ("name", "invalid"),
-                ("required_context", "invalid"),
-                ("subject", "invalid"),
-            ])
-        );
-        assert_eq!(
-            errors_of(TemplateUpsert::parse(
-                &json!({"name": "n".repeat(256), "subject": ""})
-            )),
-            error_pairs(&[("name", "too_long"), ("subject", "required")])
-        );
-        assert_eq!(
-            errors_of(TemplateUpsert::parse(
-                &json!({"name": "n", "subject": "s", "required_context": [1]})
-            )),
-            error_pairs(&[("required_context", "invalid")])
-        );
-    }
-
-    #[test]
-    fn template_upsert_rejects_broken_templates() {
-        let body = json!({"name": "n", "subject": "{{ a", "html_body": "{% if x %}", "text_body": "{{ ok }}"});
-        assert_eq!(
-            errors_of(TemplateUpsert::parse(&body)),
-            error_pairs(&[
-                ("html_body", "invalid_template"),
-                ("subject", "invalid_template")
-            ])
-        );
-    }
-
-    fn senders() -> Vec<SenderIdentity> {
-        vec![
-            SenderIdentity {
-                id: "default".into(),
-                email: "noreply@example.com".into(),
-            },
-            SenderIdentity {
-                id: "support".into(),
-                email: "Acme Support <support@example.com>".into(),
-            },
-        ]
-    }
-
-    #[test]
-    fn sender_precedence() {
-        let s = senders();
-        assert_eq!(
-            resolve_sender(Some("support"), "default", "default", &s)
-                .unwrap()
-                .id,
-            "support"
-        );
-        assert_eq!(
-            resolve_sender(None, "support", "default", &s).unwrap().id,
-            "support"
-        );
-        assert_eq!(
-            resolve_sender(Some(""), "", "default", &s).unwrap().id,
-            "default"
-        );
-        assert_eq!(
-            resolve_sender(Some("other"), "", "default", &s),
-            Err("not_configured")
-        );
-        assert_eq!(resolve_sender(None, "", "", &s), Err("not_configured"));
-        assert_eq!(
-            resolve_sender(None, "", "default", &[]),
-            Err("not_configured")
-        );
-    }
-
-    #[test]
-    fn senders_put_defaults_to_first() {
-        let (list, default) = parse_senders(&json!({"senders": [
-            {"id": "support", "email": "Acme <support@example.com>"},
-            {"id": "billing", "email": "billing@example.com"}
-        ]}))
-        .unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].email, "Acme <support@example.com>");
-        assert_eq!(default, "support");
-        let (_, default) = parse_senders(&json!({"sender_emails": [{"id": "a", "email": "a@example.com"}, {"id": "b", "email": "b@example.com"}], "default_sender_id": "b"})).unwrap();
-        assert_eq!(default, "b");
-        let (list, default) = parse_senders(&json!({"senders": []})).unwrap();
-        assert!(list.is_empty() && default.is_empty());
-    }
-
-    #[test]
-    fn senders_put_errors() {
-        assert_eq!(
-            errors_of(parse_senders(
-                &json!({"senders": [{"id": "a", "email": "a@example.com"}], "default_sender_id": "zzz"})
-            )),
-            error_pairs(&[("default_sender_id", "not_configured")])
-        );
-        assert_eq!(
-            errors_of(parse_senders(&json!({"senders": [
-                {"id": "a", "email": "a@example.com"},
-                {"id": "a", "email": "nope"},
-                {"email": "c@example.com"},
-                {"id": "bad id", "email": "d@example.com"},
-                7
-            ]}))),
-            error_pairs(&[
-                ("senders.1.email", "invalid"),
-                ("senders.1.id", "duplicate"),
-                ("senders.2.id", "required"),
-                ("senders.3.id", "invalid"),
-                ("senders.4", "invalid"),
-            ])
-        );
-        assert_eq!(
-            errors_of(parse_senders(&json!({}))),
-            error_pairs(&[("senders", "required")])
-        );
-        assert_eq!(
-            errors_of(parse_senders(&json!({"senders": {}}))),
-            error_pairs(&[("senders", "invalid")])
-        );
-    }
+    fields::finish(errors, (senders, default_sender_id.unwrap_or_default()))
 }

@@ -44,6 +44,7 @@ const READ_SQL: &str = "\
 SELECT t.id AS template_id, t.key AS template_key, t.subject AS template_subject,
        t.html_body AS template_html, t.text_body AS template_text,
        t.required_context, t.default_sender_id AS template_sender,
+       t.autoescape AS template_autoescape,
        a.id AS audience_id,
        m.id AS m_id, m.email AS m_email, m.from_email_id AS m_from_email_id,
        m.from_email AS m_from_email, m.metadata AS m_metadata, m.status AS m_status,
@@ -141,6 +142,8 @@ struct Template {
     text_body: String,
     required_context: Value,
     default_sender_id: String,
+    /// Ours: HTML-escape context values (the template opted in).
+    autoescape: bool,
 }
 
 impl Template {
@@ -160,25 +163,33 @@ fn scope_errors(req: &SendRequest, auth: &AuthClient, audience_found: bool) -> F
     if req.category_tag.is_none() {
         return errors;
     }
-    match req.audience.as_deref() {
+    match scope_str(req.scope.audience.as_ref()) {
         None => {
-            errors.insert("audience".into(), "required".into());
+            errors.insert("audience", "required");
         }
         Some(_) if !audience_found => {
-            errors.insert("audience".into(), "not_found".into());
+            errors.insert("audience", "not_found");
         }
         Some(_) => {}
     }
-    match req.client.as_deref() {
+    match scope_str(req.scope.client.as_ref()) {
         None => {
-            errors.insert("client".into(), "required".into());
+            errors.insert("client", "required");
         }
         Some(slug) if slug != auth.client_slug => {
-            errors.insert("client".into(), "forbidden".into());
+            errors.insert("client", "forbidden");
         }
         Some(_) => {}
     }
     errors
+}
+
+/// A scope field as the original reads it: a stripped, non-empty string, else absent.
+fn scope_str(value: Option<&Value>) -> Option<&str> {
+    value
+        .and_then(Value::as_str)
+        .map(datamailer_core::fields::py_strip)
+        .filter(|s| !s.is_empty())
 }
 
 pub async fn send(
@@ -194,7 +205,7 @@ pub async fn send(
         .bind(auth.client_id)
         .bind(&req.template_key)
         .bind(auth.organization_id)
-        .bind(req.audience.as_deref())
+        .bind(scope_str(req.scope.audience.as_ref()))
         .bind(if req.dry_run {
             ""
         } else {
@@ -220,6 +231,7 @@ pub async fn send(
         text_body: row.try_get("template_text")?,
         required_context: row.try_get("required_context")?,
         default_sender_id: row.try_get("template_sender")?,
+        autoescape: row.try_get("template_autoescape")?,
     };
 
     // 4. Idempotent replay: the existing message as it is, context not validated again.
@@ -237,14 +249,14 @@ pub async fn send(
     .map_err(|reason| ApiError::field("from_email", reason))?;
     let missing = missing_required_context(&template.required_context, &req.context);
     if !missing.is_empty() {
-        let errors: FieldErrors = missing
-            .into_iter()
-            .map(|name| (format!("context.{name}"), "required".to_string()))
-            .collect();
+        let mut errors = FieldErrors::new();
+        for name in missing {
+            errors.insert(format!("context.{name}"), "required");
+        }
         return Err(errors.into());
     }
     let context = Value::Object(req.context.clone());
-    let rendered = render(&template.source(), &context)
+    let rendered = render(&template.source(), &context, template.autoescape)
         .map_err(|err| ApiError::field(err.field.to_string(), "render_error"))?;
     if rendered.subject.chars().count() > MAX_SUBJECT_CHARS {
         return Err(ApiError::field("subject", "too_long"));

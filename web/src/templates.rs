@@ -16,7 +16,7 @@ use crate::AppState;
 
 const TEMPLATE_COLUMNS: &str = "key, name, description, subject, html_body, text_body, \
     required_context, example_context, default_sender_id, is_transactional, is_active, \
-    created_at, updated_at";
+    autoescape, created_at, updated_at";
 
 /// A template key from the path: a slug of at most 120 characters.
 fn template_key(raw: &str) -> ApiResult<&str> {
@@ -41,6 +41,7 @@ fn template_json(row: &PgRow, client_slug: &str) -> ApiResult<Value> {
         "default_sender_id": row.try_get::<String, _>("default_sender_id")?,
         "is_transactional": row.try_get::<bool, _>("is_transactional")?,
         "is_active": row.try_get::<bool, _>("is_active")?,
+        "autoescape": row.try_get::<bool, _>("autoescape")?,
         "created_at": iso(row.try_get::<DateTime<Utc>, _>("created_at")?),
         "updated_at": iso(row.try_get::<DateTime<Utc>, _>("updated_at")?),
     }))
@@ -84,15 +85,16 @@ pub async fn put_template(
     let sql = format!(
         "INSERT INTO email_templates (client_id, key, name, description, subject, html_body, \
              text_body, required_context, example_context, default_sender_id, is_transactional, \
-             is_active) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true, $11) \
+             is_active, autoescape) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true, $11, $12) \
          ON CONFLICT (client_id, key) DO UPDATE SET name = EXCLUDED.name, \
              description = EXCLUDED.description, subject = EXCLUDED.subject, \
              html_body = EXCLUDED.html_body, text_body = EXCLUDED.text_body, \
              required_context = EXCLUDED.required_context, \
              example_context = EXCLUDED.example_context, \
              default_sender_id = EXCLUDED.default_sender_id, is_transactional = true, \
-             is_active = EXCLUDED.is_active, updated_at = now() \
+             is_active = EXCLUDED.is_active, autoescape = EXCLUDED.autoescape, \
+             updated_at = now() \
          RETURNING {TEMPLATE_COLUMNS}, (xmax = 0) AS created"
     );
     let row = sqlx::query(&sql)
@@ -107,6 +109,7 @@ pub async fn put_template(
         .bind(&upsert.example_context)
         .bind(&upsert.default_sender_id)
         .bind(upsert.is_active)
+        .bind(upsert.autoescape)
         .fetch_one(&state.db)
         .await?;
     let created: bool = row.try_get("created")?;
