@@ -73,10 +73,10 @@ pub fn check_fields(
     if require_email {
         match non_blank(data.get("email")) {
             None => {
-                errors.insert("email".into(), "required".into());
+                errors.insert("email", "required");
             }
             Some(e) if !email::is_valid(e) => {
-                errors.insert("email".into(), "invalid".into());
+                errors.insert("email", "invalid");
             }
             Some(e) => email_out = e.to_string(),
         }
@@ -86,17 +86,17 @@ pub fn check_fields(
     let audience = match non_blank(data.get("audience")) {
         Some(a) => a.to_string(),
         None => {
-            errors.insert("audience".into(), "required".into());
+            errors.insert("audience", "required");
             String::new()
         }
     };
     match data.get("client") {
         Some(Value::String(c)) if c.trim() == auth.client_slug => {}
         Some(Value::String(c)) if !c.trim().is_empty() => {
-            errors.insert("client".into(), "forbidden".into());
+            errors.insert("client", "forbidden");
         }
         _ => {
-            errors.insert("client".into(), "required".into());
+            errors.insert("client", "required");
         }
     }
     (email_out, audience)
@@ -145,7 +145,7 @@ impl<'a> ScopeResolver<'a> {
         if !errors.contains_key("audience") {
             audience_id = self.audience_id(&audience).await?;
             if audience_id.is_none() {
-                errors.insert("audience".into(), "not_found".into());
+                errors.insert("audience", "not_found");
             }
         }
         if !errors.is_empty() {

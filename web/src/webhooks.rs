@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let reason = |v: Value, f: &str| parse(v).unwrap_err()[f].clone();
+        let reason = |v: Value, f: &str| parse(v).unwrap_err()[f].to_string();
         assert_eq!(
             reason(json!({"url": 3, "token": "t"}), "url"),
             "must_be_string"

@@ -71,7 +71,7 @@ impl Action {
 
 fn one(field: &str, reason: &str) -> FieldErrors {
     let mut errors = FieldErrors::new();
-    errors.insert(field.into(), reason.into());
+    errors.insert(field, reason);
     errors
 }
 
