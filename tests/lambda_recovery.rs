@@ -119,7 +119,14 @@ async fn the_scheduled_maintenance_invocation_puts_an_orphaned_row_back_on_its_q
         invoke_lambda(port, &scheduled, &mut [&mut emulator, &mut maintenance]).await;
     assert_eq!(status, 200, "{answer}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["report"]["tasks"], json!([]), "{answer}");
+    // Only routine tasks (the webhook dispatcher runs every tick) may appear; none acts.
+    let tasks = answer["report"]["tasks"].as_array().unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["task"] != "transactional-stale-rows" && t["acted_on"] == 0),
+        "{answer}"
+    );
     let (ok, runs): (bool, i64) = sqlx::query_as(
         "SELECT last_ok, runs_total FROM maintenance_runs WHERE task = 'transactional-stale-rows'",
     )

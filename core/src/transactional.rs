@@ -213,55 +213,17 @@ impl SendRequest {
             }),
         )
         .flatten();
-        let context = check(
-            &mut errors,
-            "context",
-            fields::optional_object(body.get("context")),
-        );
-        let metadata = check(
-            &mut errors,
-            "metadata",
-            fields::optional_object(body.get("metadata")),
-        );
-        let category_tag = check(
-            &mut errors,
-            "category_tag",
-            fields::optional_non_empty_string(body.get("category_tag")),
-        )
-        .flatten();
-        let from_email = sender_id(body.get("from_email"), &mut errors);
-        let reply_to = optional_address(body.get("reply_to"), "reply_to", &mut errors);
-        let cc = address_list(body.get("cc"), "cc", &mut errors);
-        let bcc = address_list(body.get("bcc"), "bcc", &mut errors);
-        let headers = headers(body.get("headers"), &mut errors);
-        let message_parts = message_parts(body.get("message_parts"), &mut errors);
-        let dry_run = check(
+        let mut request = parse_rest(body, &mut errors, |_| {});
+        request.raw_email = raw_email.unwrap_or_default();
+        request.email = email::normalize(&request.raw_email);
+        request.template_key = template_key.unwrap_or_default();
+        request.idempotency_key = idempotency_key;
+        request.dry_run = check(
             &mut errors,
             "dry_run",
             fields::optional_bool(body.get("dry_run"), false),
-        );
-
-        let raw_email = raw_email.unwrap_or_default();
-        let request = SendRequest {
-            email: email::normalize(&raw_email),
-            raw_email,
-            template_key: template_key.unwrap_or_default(),
-            idempotency_key,
-            context: context.unwrap_or_default(),
-            metadata: metadata.unwrap_or_default(),
-            category_tag,
-            scope: ScopeFields {
-                audience: body.get("audience").cloned(),
-                client: body.get("client").cloned(),
-            },
-            from_email,
-            reply_to,
-            cc,
-            bcc,
-            headers,
-            message_parts,
-            dry_run: dry_run.unwrap_or(false),
-        };
+        )
+        .unwrap_or(false);
         fields::finish(errors, request)
     }
 
@@ -269,10 +231,17 @@ impl SendRequest {
     /// client's metadata, then each delivery option that was given, in the original's order
     /// (a key the client's metadata already has keeps its place and takes the new value).
     pub fn message_metadata(&self) -> Map<String, Value> {
+        self.message_metadata_with(Map::new())
+    }
+
+    /// [`Self::message_metadata`] with `extra` (a list send's member keys) laid over the
+    /// client's metadata and category, before the delivery options, in the original's order.
+    pub fn message_metadata_with(&self, extra: Map<String, Value>) -> Map<String, Value> {
         let mut metadata = self.metadata.clone();
         if let Some(tag) = &self.category_tag {
             metadata.insert("category_tag".into(), Value::from(tag.as_str()));
         }
+        metadata.extend(extra);
         if let Some(reply_to) = &self.reply_to {
             metadata.insert("reply_to".into(), Value::from(reply_to.as_str()));
         }
@@ -297,6 +266,158 @@ impl SendRequest {
             );
         }
         metadata
+    }
+}
+
+/// The fields every send body shares after its recipient, key and idempotency key, in the
+/// original's order: `context`, `metadata`, `category_tag`, then whatever `between` parses
+/// (a list send's member fields), then the delivery options.
+fn parse_rest(
+    body: &Map<String, Value>,
+    errors: &mut FieldErrors,
+    between: impl FnOnce(&mut FieldErrors),
+) -> SendRequest {
+    let context = check(
+        errors,
+        "context",
+        fields::optional_object(body.get("context")),
+    );
+    let metadata = check(
+        errors,
+        "metadata",
+        fields::optional_object(body.get("metadata")),
+    );
+    let category_tag = check(
+        errors,
+        "category_tag",
+        fields::optional_non_empty_string(body.get("category_tag")),
+    )
+    .flatten();
+    between(errors);
+    SendRequest {
+        email: String::new(),
+        raw_email: String::new(),
+        template_key: String::new(),
+        idempotency_key: None,
+        context: context.unwrap_or_default(),
+        metadata: metadata.unwrap_or_default(),
+        category_tag,
+        scope: ScopeFields {
+            audience: body.get("audience").cloned(),
+            client: body.get("client").cloned(),
+        },
+        from_email: sender_id(body.get("from_email"), errors),
+        reply_to: optional_address(body.get("reply_to"), "reply_to", errors),
+        cc: address_list(body.get("cc"), "cc", errors),
+        bcc: address_list(body.get("bcc"), "bcc", errors),
+        headers: headers(body.get("headers"), errors),
+        message_parts: message_parts(body.get("message_parts"), errors),
+        dry_run: false,
+    }
+}
+
+/// How a list send with `members` syncs the stored list first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSync {
+    /// Upsert the given members, keep the others.
+    Upsert,
+    /// Upsert the given members and (with `remove_absent_members`) remove the others.
+    Reconcile,
+}
+
+/// A validated recipient-list send body (`POST /api/recipient-lists/{key}/transactional-send`
+/// and the transient variant): one message per active member, keyed
+/// `<idempotency_key>:<source_object_key>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListSendRequest {
+    /// The shared send fields (`email` empty: each member is a recipient).
+    pub send: SendRequest,
+    /// Required here: it keys every member's message.
+    pub idempotency_key: String,
+    /// The members given, unchecked (the list sync and the transient parser check them).
+    pub members: Option<Vec<Value>>,
+    pub member_sync: MemberSync,
+    pub remove_absent_members: bool,
+    pub list: Option<Map<String, Value>>,
+}
+
+impl ListSendRequest {
+    /// Validates as the original's `validate_recipient_list_send_payload` (the caller checks
+    /// the `audience`/`client` scope first).
+    pub fn parse(body: &Value) -> Result<ListSendRequest, FieldErrors> {
+        let Some(body) = body.as_object() else {
+            return Err(FieldErrors::one("body", Reason::MustBeObject));
+        };
+        let mut errors = FieldErrors::new();
+        let template_key = check(
+            &mut errors,
+            "template_key",
+            fields::required_string(body.get("template_key")),
+        );
+        let idempotency_key = check(
+            &mut errors,
+            "idempotency_key",
+            fields::required_string(body.get("idempotency_key"))
+                .and_then(|k| fields::max_chars(k, MAX_IDEMPOTENCY_KEY_LEN)),
+        );
+        let mut members = None;
+        let mut member_sync = MemberSync::Upsert;
+        let mut remove_absent_members = true;
+        let mut list = None;
+        let mut send = parse_rest(body, &mut errors, |errors| {
+            members = match body.get("members") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(items)) => Some(items.clone()),
+                Some(_) => {
+                    add(errors, "members", Reason::MustBeList);
+                    None
+                }
+            };
+            let default_sync = if body.get("members").is_some_and(|m| !m.is_null()) {
+                MemberSync::Reconcile
+            } else {
+                MemberSync::Upsert
+            };
+            member_sync = match body.get("member_sync") {
+                None => default_sync,
+                Some(Value::String(s)) if s == "upsert" => MemberSync::Upsert,
+                Some(Value::String(s)) if s == "reconcile" => MemberSync::Reconcile,
+                Some(_) => {
+                    add(errors, "member_sync", Reason::Invalid);
+                    default_sync
+                }
+            };
+            remove_absent_members = match body.get("remove_absent_members") {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    add(errors, "remove_absent_members", Reason::MustBeBoolean);
+                    true
+                }
+            };
+            list = match body.get("list") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m.clone()),
+                Some(_) => {
+                    add(errors, "list", Reason::MustBeObject);
+                    None
+                }
+            };
+        });
+        send.template_key = template_key.unwrap_or_default();
+        let idempotency_key = idempotency_key.unwrap_or_default();
+        send.idempotency_key = Some(idempotency_key.clone());
+        fields::finish(
+            errors,
+            ListSendRequest {
+                send,
+                idempotency_key,
+                members,
+                member_sync,
+                remove_absent_members,
+                list,
+            },
+        )
     }
 }
 

@@ -226,6 +226,20 @@ fn audience_routes() -> Router<AppState> {
             ),
         )
         .route(
+            "/api/recipient-lists/{list_key}/transactional-send",
+            api_route(
+                post(lists::send::send_to_list),
+                openapi::methods("/api/recipient-lists/{list_key}/transactional-send"),
+            ),
+        )
+        .route(
+            "/api/transient-recipient-lists/transactional-send",
+            api_route(
+                post(lists::send::send_to_transient_list),
+                openapi::methods("/api/transient-recipient-lists/transactional-send"),
+            ),
+        )
+        .route(
             "/api/recipient-lists/{list_key}/imports",
             api_route(
                 post(lists::imports::create),

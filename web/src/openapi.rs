@@ -50,6 +50,10 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("/api/recipient-lists/{list_key}/members/reconcile", "recipient-lists", ["POST" => "Reconcile members (optionally a dry run)"]),
     route!("/api/recipient-lists/{list_key}/members/{source_object_key}", "recipient-lists", [
         "DELETE" => "Remove a member", "PUT" => "Upsert a member"]),
+    route!("/api/recipient-lists/{list_key}/transactional-send", "recipient-lists", [
+        "POST" => "Send a transactional template to every active member (optionally syncing members first)"]),
+    route!("/api/transient-recipient-lists/transactional-send", "recipient-lists", [
+        "POST" => "Send a transactional template to members given in the body (nothing stored about the list)"]),
     route!("/api/recipient-lists/{list_key}/imports", "recipient-lists", ["POST" => "Start an import job from a JSONL URL"]),
     route!("/api/recipient-lists/{list_key}/imports/{job_id}", "recipient-lists", ["GET" => "An import job's state"]),
 ];

@@ -33,7 +33,7 @@ use crate::AppState;
 /// Longest rendered subject we accept (RFC 5322 line limit).
 pub const MAX_SUBJECT_CHARS: usize = 998;
 
-const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
+pub(crate) const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
 
 /// Template, category audience, replay candidate and the contact's suppression state, in one
 /// read. $1 client, $2 template key, $3 organization, $4 audience slug (nullable),
@@ -134,20 +134,51 @@ fn replay(message: MessageView) -> Response {
 }
 
 /// The template row the send uses.
-struct Template {
-    id: i64,
-    key: String,
-    subject: String,
-    html_body: String,
-    text_body: String,
-    required_context: Value,
-    default_sender_id: String,
+pub(crate) struct Template {
+    pub id: i64,
+    pub key: String,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: String,
+    pub required_context: Value,
+    pub default_sender_id: String,
     /// Ours: HTML-escape context values (the template opted in).
-    autoescape: bool,
+    pub autoescape: bool,
 }
 
 impl Template {
-    fn source(&self) -> TemplateSource<'_> {
+    /// The client's active transactional template `key`, if any.
+    pub(crate) async fn load(
+        db: &sqlx::PgPool,
+        client_id: i64,
+        key: &str,
+    ) -> Result<Option<Template>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, key, subject, html_body, text_body, required_context, default_sender_id,
+                    autoescape
+             FROM email_templates
+             WHERE client_id = $1 AND key = $2 AND is_transactional AND is_active",
+        )
+        .bind(client_id)
+        .bind(key)
+        .fetch_optional(db)
+        .await?;
+        row.map(|r| {
+            Ok(Template {
+                id: r.try_get("id")?,
+                key: r.try_get("key")?,
+                subject: r.try_get("subject")?,
+                html_body: r.try_get("html_body")?,
+                text_body: r.try_get("text_body")?,
+                required_context: r.try_get("required_context")?,
+                default_sender_id: r.try_get("default_sender_id")?,
+                autoescape: r.try_get("autoescape")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(crate) fn source(&self) -> TemplateSource<'_> {
         TemplateSource {
             subject: &self.subject,
             html_body: &self.html_body,
@@ -321,6 +352,7 @@ pub async fn send(
         text_body: rendered.text_body,
         context,
         metadata: metadata.clone(),
+        event_metadata: Default::default(),
         decision,
     };
     let outcome = state.send_writer().write(new_message).await?;

@@ -53,6 +53,8 @@ pub struct NewMessage {
     pub text_body: String,
     pub context: Value,
     pub metadata: Map<String, Value>,
+    /// Keys added to the message's `queued`/`skipped` event (a list send names its list).
+    pub event_metadata: Map<String, Value>,
     /// The delivery decision (from the contact's flags read by the handler; the worker
     /// re-checks suppression at send time).
     pub decision: DeliveryDecision,
@@ -221,6 +223,14 @@ fn queue_body(m: &NewMessage, message_id: i64, contact_id: i64) -> String {
     .to_json()
 }
 
+/// An event's metadata: `base`, then the message's extra event keys.
+fn event_metadata(mut base: Value, m: &NewMessage) -> Value {
+    if let Value::Object(map) = &mut base {
+        map.extend(m.event_metadata.clone());
+    }
+    base
+}
+
 /// Persists `messages` with one statement; one outcome per message, in order.
 async fn write_batch(
     conn: &mut PgConnection,
@@ -259,12 +269,13 @@ async fn write_batch(
             cols.status.push("queued");
             cols.event_type.push("queued");
             cols.event_metadata
-                .push(json!({"template_key": m.template_key}));
+                .push(event_metadata(json!({"template_key": m.template_key}), m));
             cols.queue_body.push(in_tx.then(|| queue_body(m, 0, 0)));
         } else {
             cols.status.push("skipped");
             cols.event_type.push("skipped");
-            cols.event_metadata.push(json!({"reason": reason}));
+            cols.event_metadata
+                .push(event_metadata(json!({"reason": reason}), m));
             cols.queue_body.push(None);
         }
     }

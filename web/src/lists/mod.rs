@@ -16,6 +16,7 @@ use crate::AppState;
 
 pub mod imports;
 pub mod model;
+pub mod send;
 pub mod tree;
 
 use model::{path_key, ListRow};
@@ -199,7 +200,9 @@ pub async fn delete_member(
 }
 
 /// `members: [{source_object_key, email, status?, metadata?}]`, all checked before any write.
-fn parse_members(data: &Map<String, Value>) -> Result<Vec<(String, model::MemberInput)>, ApiError> {
+pub(crate) fn parse_members(
+    data: &Map<String, Value>,
+) -> Result<Vec<(String, model::MemberInput)>, ApiError> {
     let Some(Value::Array(items)) = data.get("members") else {
         return Err(ApiError::field("members", "must_be_list"));
     };
@@ -237,24 +240,81 @@ pub async fn bulk_upsert(
     let defaults = model::list_defaults(data, &key)?;
     let members = parse_members(data)?;
     let mut tx = state.db.begin().await?;
-    let (list, _) = tree::put_list(&mut tx, owner(&scope), &key, &defaults, true).await?;
+    let synced = sync_members(&mut tx, &scope, &key, &defaults, &members, None).await?;
+    tx.commit().await?;
+    Ok(Json(synced.bulk_upsert_payload(&scope)))
+}
+
+/// What a member sync did.
+pub(crate) struct Synced {
+    /// The list after the sync, counts refreshed.
+    pub list: ListRow,
+    pub created: usize,
+    pub updated: usize,
+    pub removed: usize,
+}
+
+impl Synced {
+    /// The bulk-upsert answer.
+    pub fn bulk_upsert_payload(&self, scope: &Scope) -> Value {
+        json!({
+            "recipient_list": list_payload(&self.list, scope),
+            "created_count": self.created,
+            "updated_count": self.updated,
+        })
+    }
+
+    /// The reconcile answer (not a dry run).
+    pub fn reconcile_payload(&self, scope: &Scope) -> Value {
+        json!({
+            "recipient_list": list_payload(&self.list, scope),
+            "dry_run": false,
+            "upsert_count": self.created + self.updated,
+            "removed_count": self.removed,
+        })
+    }
+}
+
+/// Upserts `members` into the list `key` (created with `defaults` if missing) with their
+/// cascades, inside the caller's transaction. `reconcile` = Some(remove_absent) also
+/// removes (when true) the active members not given and stamps `last_reconciled_at`.
+pub(crate) async fn sync_members(
+    tx: &mut sqlx::PgConnection,
+    scope: &Scope,
+    key: &str,
+    defaults: &model::ListDefaults,
+    members: &[(String, model::MemberInput)],
+    reconcile: Option<bool>,
+) -> Result<Synced, ApiError> {
+    let (list, _) = tree::put_list(tx, owner(scope), key, defaults, true).await?;
     let (mut created, mut updated) = (0, 0);
-    for (source, input) in &members {
-        let (member, was_created) = tree::upsert_member(&mut tx, &list, source, input).await?;
-        tree::cascade(&mut tx, owner(&scope), &list, &member).await?;
+    for (source, input) in members {
+        let (member, was_created) = tree::upsert_member(tx, &list, source, input).await?;
+        tree::cascade(tx, owner(scope), &list, &member).await?;
         if was_created {
             created += 1;
         } else {
             updated += 1;
         }
     }
-    let list = tree::refresh_counts(&mut tx, list.id).await?;
-    tx.commit().await?;
-    Ok(Json(json!({
-        "recipient_list": list_payload(&list, &scope),
-        "created_count": created,
-        "updated_count": updated,
-    })))
+    let mut removed = 0;
+    if let Some(remove_absent) = reconcile {
+        if remove_absent {
+            let keep: Vec<String> = members.iter().map(|(k, _)| k.clone()).collect();
+            removed = tree::remove_absent(tx, owner(scope), &list, &keep).await?;
+        }
+        sqlx::query("UPDATE recipient_lists SET last_reconciled_at = now() WHERE id = $1")
+            .bind(list.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let list = tree::refresh_counts(tx, list.id).await?;
+    Ok(Synced {
+        list,
+        created,
+        updated,
+        removed,
+    })
 }
 
 /// `POST /api/recipient-lists/{key}/members/reconcile`: upsert the given members and (by
@@ -303,28 +363,17 @@ pub async fn reconcile(
                               "upsert_count": members.len(), "removed_count": absent})));
     }
     let mut tx = state.db.begin().await?;
-    let (list, _) = tree::put_list(&mut tx, owner(&scope), &key, &defaults, true).await?;
-    for (source, input) in &members {
-        let (member, _) = tree::upsert_member(&mut tx, &list, source, input).await?;
-        tree::cascade(&mut tx, owner(&scope), &list, &member).await?;
-    }
-    let removed = if remove_absent {
-        tree::remove_absent(&mut tx, owner(&scope), &list, &keep).await?
-    } else {
-        0
-    };
-    sqlx::query("UPDATE recipient_lists SET last_reconciled_at = now() WHERE id = $1")
-        .bind(list.id)
-        .execute(&mut *tx)
-        .await?;
-    let list = tree::refresh_counts(&mut tx, list.id).await?;
+    let synced = sync_members(
+        &mut tx,
+        &scope,
+        &key,
+        &defaults,
+        &members,
+        Some(remove_absent),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Json(json!({
-        "recipient_list": list_payload(&list, &scope),
-        "dry_run": false,
-        "upsert_count": members.len(),
-        "removed_count": removed,
-    })))
+    Ok(Json(synced.reconcile_payload(&scope)))
 }
 
 /// 202 for a new import job, 200 for a replay of its idempotency key.
