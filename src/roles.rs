@@ -13,8 +13,9 @@ use sqlx::{Connection, PgConnection};
 /// The web pool (8) plus operator commands on the web host.
 pub const APP_CONNECTION_LIMIT: i32 = 12;
 /// Σ over the queue workers (reserved concurrency × pool 2 = 20) plus the maintenance job
-/// (1 × 2), with a margin; `validate-infra` checks the template against the same budget.
-pub const WORKER_CONNECTION_LIMIT: i32 = 24;
+/// (1 × (pool 2 + import jobs 2)), with a margin; `validate-infra` checks the template against
+/// the same budget.
+pub const WORKER_CONNECTION_LIMIT: i32 = 26;
 
 /// What a role may do with the rows of the `public` schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,7 +167,7 @@ impl Services {
     /// they are idle unless there is work, and then take at most two connections.
     fn audience_tasks(&self) -> Vec<Arc<dyn datamailer_runtime::maintenance::MaintenanceTask>> {
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
+            .max_connections(IMPORT_JOBS_POOL)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy(self.config.database_url());
         match pool {
@@ -193,6 +193,10 @@ impl Services {
         )
     }
 }
+
+/// Connections the import jobs' pool may hold on top of the process's cap (validate-infra
+/// counts them in the maintenance function's share of the connection budget).
+pub const IMPORT_JOBS_POOL: u32 = 2;
 
 /// The producer the web side, `enqueue` and maintenance use.
 pub async fn producer(config: &Config) -> Producer {

@@ -229,7 +229,7 @@ fn reserved_concurrency_past_the_connection_budget_fails() {
     );
     assert_fails_with(
         &f,
-        "transactional-email 40×2 + maintenance 1×2 + migrate 1×1 = 103 > max_connections 81 − headroom 10 = 71",
+        "transactional-email 40×2 + maintenance 1×4 + migrate 1×1 = 105 > max_connections 81 − headroom 10 = 71",
     );
     assert_fails_with(
         &f,
@@ -631,7 +631,7 @@ fn the_connection_budget_counts_the_maintenance_and_migrate_functions() {
     });
     assert_fails_with(
         &f,
-        "maintenance 1×45 + migrate 1×1 = 74 > max_connections 81 − headroom 10 = 71",
+        "maintenance 1×47 + migrate 1×1 = 76 > max_connections 81 − headroom 10 = 71",
     );
 }
 
@@ -652,4 +652,28 @@ fn the_lambda_concurrency_quota_is_a_human_check_with_the_reserved_total() {
     t["Resources"]["TransactionalEmailWorker"]["Properties"]["ReservedConcurrentExecutions"] =
         json!(10);
     assert_eq!(datamailer_deploy::validate::reserved_concurrency(&t), 18);
+}
+
+#[test]
+fn the_maintenance_function_gets_the_outbound_settings_and_a_nat_check() {
+    let f = failures_after(|t| {
+        env(t, "MaintenanceFunction").remove("DATAMAILER_OUTBOUND_ALLOW_HOSTS");
+    });
+    assert_fails_with(
+        &f,
+        "MaintenanceFunction: DATAMAILER_OUTBOUND_ALLOW_HOSTS must be set (client webhooks and import jobs run here)",
+    );
+    let opts = Options::new(
+        repo().join("infra/cloudformation/datamailer-mvp.json"),
+        repo().join("infra/config"),
+    );
+    let report = validate(&opts);
+    assert!(
+        report
+            .human
+            .iter()
+            .any(|h| h.starts_with("maintenance egress: MaintenanceFunction") && h.contains("NAT")),
+        "{:?}",
+        report.human
+    );
 }

@@ -100,9 +100,19 @@ fn check_job_function(
         || format!("{fid}: Code must be the workers' artifact (S3Bucket Ref LambdaArtifactBucket, S3Key Ref LambdaArtifactKey)"),
     );
     if let Some(w) = worker {
-        r.check(p["VpcConfig"] == w["VpcConfig"], || {
+        // The subnets may be the egress ones (`Fn::If [cond, Ref MaintenanceSubnetIds,
+        // the workers' subnets]`); the security group must be the one the database admits.
+        let (vpc, worker_vpc) = (&p["VpcConfig"], &w["VpcConfig"]);
+        let egress_subnets = vpc["SubnetIds"]["Fn::If"].as_array().is_some_and(|a| {
+            a.len() == 3
+                && ref_of(&a[1]) == Some("MaintenanceSubnetIds")
+                && a[2] == worker_vpc["SubnetIds"]
+        });
+        let ok = vpc["SecurityGroupIds"] == worker_vpc["SecurityGroupIds"]
+            && (vpc["SubnetIds"] == worker_vpc["SubnetIds"] || egress_subnets);
+        r.check(ok, || {
             format!(
-                "{fid}: VpcConfig must be the queue workers' (the private subnets and the worker security group, the one the database admits), not {}",
+                "{fid}: VpcConfig must be the queue workers' (the private subnets, or MaintenanceSubnetIds when set, and the worker security group, the one the database admits), not {}",
                 p["VpcConfig"]
             )
         });
@@ -240,6 +250,10 @@ fn check_migrate(
     ));
 }
 
+/// Connections the maintenance process's recipient-list import jobs may hold besides its
+/// `DATAMAILER_DB_MAX_CONNECTIONS` pool (`src/services.rs`, `IMPORT_JOBS_POOL`).
+const IMPORT_JOBS_POOL: u32 = 2;
+
 fn check_maintenance(
     t: &Template,
     workers: &[Worker],
@@ -299,6 +313,19 @@ fn check_maintenance(
         });
         queues.push(qid);
     }
+    // Client webhooks and import URLs are its calls that leave AWS: the SSRF allow list and
+    // the webhook timeout must reach it, and its subnets need a NAT route (a human check).
+    for var in [
+        "DATAMAILER_OUTBOUND_ALLOW_HOSTS",
+        "CMP_WEBHOOK_TIMEOUT_SECONDS",
+    ] {
+        r.check(!env[var].is_null(), || {
+            format!("{fid}: {var} must be set (client webhooks and import jobs run here)")
+        });
+    }
+    r.human.push(format!(
+        "maintenance egress: {fid} POSTs client webhooks and fetches import URLs from its VpcConfig subnets (MaintenanceSubnetIds, else PrivateSubnetIds): they need a route through a NAT gateway; the VPC endpoints do not carry them"
+    ));
     let pool = match &env["DATAMAILER_DB_MAX_CONNECTIONS"] {
         Value::Null => LAMBDA_POOL_DEFAULT,
         v => as_int(v).map(|n| n.max(0) as u32).unwrap_or_else(|| {
@@ -342,10 +369,11 @@ fn check_maintenance(
         function: fid.to_string(),
         role: common.role.clone(),
     });
+    // Its import jobs hold a pool of their own (src/services.rs `audience_tasks`).
     jobs.budget.push((
         "maintenance".into(),
         common.reserved.unwrap_or(0).max(0) as u32,
-        pool,
+        pool + IMPORT_JOBS_POOL,
     ));
 }
 
