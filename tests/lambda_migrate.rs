@@ -208,7 +208,7 @@ async fn the_migrate_job_migrates_and_sets_up_both_login_roles_idempotently() {
     );
     assert_eq!(
         role_attributes(&mut conn, &worker).await,
-        (true, false, false, false, 24)
+        (true, false, false, false, 26)
     );
     let app_verifier = stored_verifier(&mut conn, &app).await;
     let worker_verifier = stored_verifier(&mut conn, &worker).await;

@@ -1252,7 +1252,11 @@ fn check_connection_budget(
         total += res * w.pool;
         terms.push(format!("{} {res}×{}", w.queue, w.pool));
     }
-    for (name, reserved, pool) in &jobs.budget {
+    // By name: the template's resource order depends on serde_json's `preserve_order`
+    // feature, which the workspace may or may not unify in.
+    let mut budget: Vec<_> = jobs.budget.iter().collect();
+    budget.sort();
+    for (name, reserved, pool) in budget {
         total += reserved * pool;
         terms.push(format!("{name} {reserved}×{pool}"));
     }

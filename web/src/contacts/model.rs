@@ -61,6 +61,12 @@ pub struct ContactState {
     pub tags: Vec<String>,
 }
 
+/// A contact row's own columns (what [`ContactState::created`] reads).
+pub const CONTACT_COLUMNS: &str =
+    "id, email, normalized_email, verified_at, email_validation_status, \
+     email_validation_reason, email_validated_at, global_unsubscribed_at, hard_bounced_at, \
+     complained_at, created_at, updated_at";
+
 /// The columns of a [`ContactState`]; `$A` is the audience id and `$C` the client id
 /// placeholders, replaced by [`state_sql`].
 const STATE_SELECT: &str = "\
@@ -110,7 +116,8 @@ fn sub_from(row: &PgRow, prefix: &str) -> Result<Option<SubState>, sqlx::Error> 
 }
 
 impl ContactState {
-    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+    /// A contact just inserted: its row's columns, no subscriptions, no tags.
+    pub fn created(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -124,9 +131,19 @@ impl ContactState {
             complained_at: row.try_get("complained_at")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            audience_sub: None,
+            client_sub: None,
+            tags: Vec::new(),
+        })
+    }
+
+    /// A contact with its subscriptions in scope and its tags (a [`state_sql`] row).
+    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
             audience_sub: sub_from(row, "a")?,
             client_sub: sub_from(row, "c")?,
             tags: row.try_get("tags")?,
+            ..Self::created(row)?
         })
     }
 

@@ -335,31 +335,48 @@ pub async fn upsert(
         .iter()
         .map(|i| inputs[*i].normalized.as_str())
         .collect();
-    sqlx::query(
+    // Contacts this statement creates come back whole (the tombstone trigger may have set
+    // their suppression) and have no subscriptions or tags yet: only the others need the
+    // state read, whose per-contact probes are most of a fresh import's read cost.
+    let sql = format!(
         "INSERT INTO contacts (email, normalized_email)
          SELECT e, n FROM unnest($1::text[], $2::text[]) AS u(e, n)
-         ON CONFLICT (normalized_email) DO NOTHING",
-    )
-    .bind(&emails)
-    .bind(&normalized)
-    .execute(&mut *tx)
-    .await?;
-    let sql = model::state_sql(
-        2,
-        3,
-        false,
-        "WHERE c.normalized_email = ANY($1) ORDER BY c.normalized_email FOR UPDATE OF c",
+         ON CONFLICT (normalized_email) DO NOTHING
+         RETURNING {}",
+        model::CONTACT_COLUMNS
     );
-    let rows = sqlx::query(&sql)
+    let created = sqlx::query(&sql)
+        .bind(&emails)
         .bind(&normalized)
-        .bind(audience_id)
-        .bind(client_id)
         .fetch_all(&mut *tx)
         .await?;
-    let mut before: HashMap<String, ContactState> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let state = ContactState::from_row(row)?;
+    let mut before: HashMap<String, ContactState> = HashMap::with_capacity(inputs.len());
+    for row in &created {
+        let state = ContactState::created(row)?;
         before.insert(state.normalized_email.clone(), state);
+    }
+    let existing: Vec<&str> = normalized
+        .iter()
+        .copied()
+        .filter(|n| !before.contains_key(*n))
+        .collect();
+    if !existing.is_empty() {
+        let sql = model::state_sql(
+            2,
+            3,
+            false,
+            "WHERE c.normalized_email = ANY($1) ORDER BY c.normalized_email FOR UPDATE OF c",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&existing)
+            .bind(audience_id)
+            .bind(client_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let state = ContactState::from_row(row)?;
+            before.insert(state.normalized_email.clone(), state);
+        }
     }
 
     let mut results = Vec::with_capacity(inputs.len());
