@@ -43,6 +43,10 @@ pub struct AppState {
     pub(crate) config: Arc<WebConfig>,
     /// Started on first use (so `new` needs no runtime).
     writer: Arc<OnceLock<send_writer::SendWriter>>,
+    /// The contact upsert writer (group commit), started on first use.
+    contact_writer: Arc<OnceLock<contacts::writer::ContactWriter>>,
+    /// Audience ids by (organization, slug), read once a minute at most.
+    pub(crate) audiences: Arc<scope::AudienceCache>,
     /// Which webhook URLs a client may set (`DATAMAILER_OUTBOUND_ALLOW_HOSTS`); strict unless
     /// [`AppState::with_outbound_policy`] says otherwise.
     pub(crate) outbound_policy: Arc<OutboundPolicy>,
@@ -55,6 +59,8 @@ impl AppState {
             producer,
             config: Arc::new(config),
             writer: Arc::new(OnceLock::new()),
+            contact_writer: Arc::new(OnceLock::new()),
+            audiences: Arc::default(),
             outbound_policy: Arc::new(OutboundPolicy::default()),
         }
     }
@@ -69,6 +75,12 @@ impl AppState {
     pub(crate) fn send_writer(&self) -> &send_writer::SendWriter {
         self.writer
             .get_or_init(|| send_writer::start(self.db.clone(), self.producer.clone()))
+    }
+
+    /// The contact upsert writer (group commit), started on first use.
+    pub(crate) fn contact_writer(&self) -> &contacts::writer::ContactWriter {
+        self.contact_writer
+            .get_or_init(|| contacts::writer::start(self.db.clone()))
     }
 
     /// The database pool.

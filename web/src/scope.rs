@@ -4,6 +4,8 @@
 //! JSON object, so one check serves every method.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, RawQuery};
 use axum::http::request::Parts;
@@ -13,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::AuthClient;
 use crate::error::ApiError;
+use crate::AppState;
 
 /// A resolved scope: the audience row and the caller (and the stripped email when required).
 #[derive(Debug, Clone)]
@@ -102,18 +105,49 @@ pub fn check_fields(
     (email_out, audience)
 }
 
+/// Audience ids by (organization, slug), shared by a process's requests. An audience keeps
+/// its id and the API deletes none, so a found id is kept for [`AUDIENCE_TTL`]; a slug not
+/// found is looked up again every time, so a new audience is seen at once.
+#[derive(Debug, Default)]
+pub struct AudienceCache {
+    found: Mutex<HashMap<(i64, String), (i64, Instant)>>,
+}
+
+/// How long a found audience id is trusted without a read.
+pub const AUDIENCE_TTL: Duration = Duration::from_secs(60);
+
+impl AudienceCache {
+    fn get(&self, organization_id: i64, slug: &str) -> Option<i64> {
+        let found = self.found.lock().expect("audience cache");
+        found
+            .get(&(organization_id, slug.to_string()))
+            .filter(|(_, at)| at.elapsed() < AUDIENCE_TTL)
+            .map(|(id, _)| *id)
+    }
+
+    fn put(&self, organization_id: i64, slug: &str, id: i64) {
+        let mut found = self.found.lock().expect("audience cache");
+        if found.len() > 10_000 {
+            found.clear(); // a bound, not an eviction policy: ids are cheap to read again
+        }
+        found.insert((organization_id, slug.to_string()), (id, Instant::now()));
+    }
+}
+
 /// Resolves scopes, remembering audience lookups (an import names the same audience
-/// thousands of times).
+/// thousands of times; every request of a client names the same few).
 pub struct ScopeResolver<'a> {
     db: &'a sqlx::PgPool,
+    cache: &'a AudienceCache,
     auth: &'a AuthClient,
     audiences: HashMap<String, Option<i64>>,
 }
 
 impl<'a> ScopeResolver<'a> {
-    pub fn new(db: &'a sqlx::PgPool, auth: &'a AuthClient) -> Self {
+    pub fn new(state: &'a AppState, auth: &'a AuthClient) -> Self {
         Self {
-            db,
+            db: &state.db,
+            cache: &state.audiences,
             auth,
             audiences: HashMap::new(),
         }
@@ -123,12 +157,23 @@ impl<'a> ScopeResolver<'a> {
         if let Some(found) = self.audiences.get(slug) {
             return Ok(*found);
         }
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM audiences WHERE organization_id = $1 AND slug = $2")
-                .bind(self.auth.organization_id)
+        let org = self.auth.organization_id;
+        let found = match self.cache.get(org, slug) {
+            Some(id) => Some(id),
+            None => {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM audiences WHERE organization_id = $1 AND slug = $2",
+                )
+                .bind(org)
                 .bind(slug)
                 .fetch_optional(self.db)
                 .await?;
+                if let Some(id) = found {
+                    self.cache.put(org, slug, id);
+                }
+                found
+            }
+        };
         self.audiences.insert(slug.to_string(), found);
         Ok(found)
     }
@@ -163,12 +208,12 @@ impl<'a> ScopeResolver<'a> {
 
 /// One request's scope, as an [`ApiError`] when invalid.
 pub async fn resolve(
-    db: &sqlx::PgPool,
+    state: &AppState,
     auth: &AuthClient,
     data: &Map<String, Value>,
     require_email: bool,
 ) -> Result<Scope, ApiError> {
-    ScopeResolver::new(db, auth)
+    ScopeResolver::new(state, auth)
         .resolve(data, require_email)
         .await?
         .map_err(ApiError::Validation)

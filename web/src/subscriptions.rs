@@ -22,7 +22,7 @@ pub async fn subscribe(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let data = as_map(&body);
-    let scope = scope::resolve(&state.db, &auth, data, true).await?;
+    let scope = scope::resolve(&state, &auth, data, true).await?;
     let tags = upsert::parse_tags(data.get("tags"))?;
     let input = ContactInput {
         email: scope.email.clone(),
@@ -55,7 +55,7 @@ pub async fn unsubscribe(
         Some(s @ ("client" | "audience" | "global")) => s.to_string(),
         _ => return Err(invalid("scope", "invalid")),
     };
-    let scope = scope::resolve(&state.db, &auth, data, true).await?;
+    let scope = scope::resolve(&state, &auth, data, true).await?;
     let reason = match data.get("reason") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),

@@ -775,3 +775,52 @@ async fn erase_anonymizes_and_the_tombstone_keeps_the_address_suppressed() {
     assert_eq!(back["complained"], true);
     assert_eq!(back["can_send_transactional"], false);
 }
+
+#[tokio::test]
+async fn concurrent_upserts_are_committed_together_and_each_answers_its_own_request() {
+    let Some(ctx) = setup().await else { return };
+    // 40 requests at once (the writer batches them): 30 distinct addresses, and one address
+    // ten times with a different tag each, which must all land.
+    let requests = (0..40).map(|i| {
+        let ctx = &ctx;
+        async move {
+            let extra = if i < 30 {
+                json!({"email": format!("u{i}@example.com"), "status": "subscribed"})
+            } else {
+                json!({"email": "same@example.com", "tags": [format!("t{i}")]})
+            };
+            post(ctx, "/api/contacts", scoped(extra)).await
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, StatusCode::OK, "{i}: {body}");
+        let expected = if i < 30 {
+            format!("u{i}@example.com")
+        } else {
+            "same@example.com".to_string()
+        };
+        assert_eq!(body["email"], expected.as_str(), "{i}: {body}");
+        if i >= 30 {
+            let tags = body["tags"].as_array().unwrap();
+            assert!(tags.contains(&json!(format!("t{i}"))), "{i}: {body}");
+        }
+    }
+    assert_eq!(ctx.count("contacts").await, 31);
+    let tags: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM contact_tags ct JOIN contacts c ON c.id = ct.contact_id
+         WHERE c.normalized_email = 'same@example.com'",
+    )
+    .fetch_one(ctx.pool())
+    .await
+    .unwrap();
+    assert_eq!(tags, 10);
+    let subscribed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriptions WHERE status = 'subscribed' AND client_id = $1",
+    )
+    .bind(ctx.a.client_id)
+    .fetch_one(ctx.pool())
+    .await
+    .unwrap();
+    assert_eq!(subscribed, 30);
+}

@@ -28,12 +28,12 @@ fn contact_id(raw: &str) -> Result<i64, ApiError> {
 /// The scope and the locked contact, or 404.
 async fn scoped_contact(
     tx: &mut PgConnection,
-    db: &sqlx::PgPool,
+    state: &AppState,
     auth: &AuthClient,
     id: i64,
     data: &Map<String, Value>,
 ) -> Result<(Scope, ContactState), ApiError> {
-    let scope = scope::resolve(db, auth, data, false).await?;
+    let scope = scope::resolve(state, auth, data, false).await?;
     let sql = model::state_sql(2, 3, true, "WHERE c.id = $1 FOR UPDATE OF c");
     let row = sqlx::query(&sql)
         .bind(id)
@@ -66,7 +66,7 @@ pub async fn replace_tags(
     let id = contact_id(&id)?;
     let data = as_map(&body);
     let mut tx = state.db.begin().await?;
-    let (scope, _) = scoped_contact(&mut tx, &state.db, &auth, id, data).await?;
+    let (scope, _) = scoped_contact(&mut tx, &state, &auth, id, data).await?;
     let names = upsert::parse_tags(data.get("tags"))?;
     let slugs: Vec<String> = names
         .iter()
@@ -125,7 +125,7 @@ pub async fn add_tag(
     let id = contact_id(&id)?;
     let data = body_or_query(&body, query.as_deref())?;
     let mut tx = state.db.begin().await?;
-    let (scope, _) = scoped_contact(&mut tx, &state.db, &auth, id, &data).await?;
+    let (scope, _) = scoped_contact(&mut tx, &state, &auth, id, &data).await?;
     let slug = tag_slug(&tag)?;
     upsert::add_tags(
         &mut tx,
@@ -151,7 +151,7 @@ pub async fn remove_tag(
     let id = contact_id(&id)?;
     let data = body_or_query(&body, query.as_deref())?;
     let mut tx = state.db.begin().await?;
-    let (scope, _) = scoped_contact(&mut tx, &state.db, &auth, id, &data).await?;
+    let (scope, _) = scoped_contact(&mut tx, &state, &auth, id, &data).await?;
     let slug = tag_slug(&tag)?;
     sqlx::query(
         "DELETE FROM contact_tags ct USING tags t
@@ -182,7 +182,7 @@ pub async fn verification(
     let id = contact_id(&id)?;
     let data = as_map(&body);
     let mut tx = state.db.begin().await?;
-    let (scope, contact) = scoped_contact(&mut tx, &state.db, &auth, id, data).await?;
+    let (scope, contact) = scoped_contact(&mut tx, &state, &auth, id, data).await?;
     let verified = match data.get("verified") {
         None | Some(Value::Null) => return Err(invalid("verified", "required")),
         Some(Value::Bool(b)) => *b,
@@ -235,7 +235,7 @@ pub async fn validation(
     let id = contact_id(&id)?;
     let data = as_map(&body);
     let mut tx = state.db.begin().await?;
-    let (scope, contact) = scoped_contact(&mut tx, &state.db, &auth, id, data).await?;
+    let (scope, contact) = scoped_contact(&mut tx, &state, &auth, id, data).await?;
     let status = parse_validation_status(data.get("status"), "status")?;
     let reason = match data.get("reason") {
         None | Some(Value::Null) => String::new(),
@@ -278,7 +278,7 @@ pub async fn suppression(
     let id = contact_id(&id)?;
     let data = as_map(&body);
     let mut tx = state.db.begin().await?;
-    let (scope, contact) = scoped_contact(&mut tx, &state.db, &auth, id, data).await?;
+    let (scope, contact) = scoped_contact(&mut tx, &state, &auth, id, data).await?;
     let wanted = parse_suppression(data, "suppression.")?;
     let reason = match data.get("reason") {
         None | Some(Value::Null) => String::new(),
@@ -425,7 +425,7 @@ pub async fn history(
     let id = contact_id(&id)?;
     let mut conn = state.db.acquire().await?;
     let (scope, contact) = {
-        let scope = scope::resolve(&state.db, &auth, &query, false).await?;
+        let scope = scope::resolve(&state, &auth, &query, false).await?;
         let states = model::load(&mut *conn, &[id], scope.audience_id, scope.client_id).await?;
         match states.into_iter().next().filter(|s| s.client_sub.is_some()) {
             Some(c) => (scope, c),

@@ -58,7 +58,7 @@ pub async fn erase(
     auth: AuthClient,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope::resolve(&state.db, &auth, as_map(&body), true).await?;
+    let scope = scope::resolve(&state, &auth, as_map(&body), true).await?;
     let normalized = scope.normalized_email();
     let mut counts = serde_json::Map::new();
     for name in COUNTS {

@@ -166,7 +166,7 @@ async fn list_scope(
 ) -> Result<Scope, ApiError> {
     let mut scoped = data.clone();
     scoped.remove("email");
-    ScopeResolver::new(&state.db, auth)
+    ScopeResolver::new(state, auth)
         .resolve(&scoped, false)
         .await?
         .map_err(ApiError::Validation)
@@ -344,7 +344,7 @@ pub async fn run_import(
     req: ImportRequest,
 ) -> Result<Map<String, Value>, ApiError> {
     let mut counts = counts();
-    let mut resolver = ScopeResolver::new(&state.db, auth);
+    let mut resolver = ScopeResolver::new(state, auth);
     let mut seen: HashMap<(String, i64), usize> = HashMap::new();
     let mut checked: Vec<Checked> = Vec::with_capacity(req.items.len());
     for (index, raw) in req.items.iter().enumerate() {

@@ -19,6 +19,7 @@ pub mod io;
 pub mod model;
 pub mod preferences;
 pub mod upsert;
+pub mod writer;
 
 /// `POST /api/contacts`: upsert one contact and its client subscription.
 pub async fn upsert_contact(
@@ -27,13 +28,19 @@ pub async fn upsert_contact(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let data = as_map(&body);
-    let scope = scope::resolve(&state.db, &auth, data, true).await?;
+    let scope = scope::resolve(&state, &auth, data, true).await?;
     let input = upsert::parse_contact(data, &scope.email)?;
-    let mut tx = state.db.begin().await?;
-    let done = upsert::upsert(&mut tx, scope.audience_id, scope.client_id, &[input]).await?;
-    tx.commit().await?;
+    // Committed together with the other upserts waiting (group commit).
+    let done = state
+        .contact_writer()
+        .write(writer::ContactUpsert {
+            audience_id: scope.audience_id,
+            client_id: scope.client_id,
+            input,
+        })
+        .await?;
     Ok(Json(model::contact_payload(
-        done.first().map(|u| &u.state),
+        Some(&done.state),
         &scope.audience_slug,
         &scope.client_slug,
         &scope.email,
@@ -46,7 +53,7 @@ pub async fn status(
     auth: AuthClient,
     QueryMap(query): QueryMap,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope::resolve(&state.db, &auth, &query, true).await?;
+    let scope = scope::resolve(&state, &auth, &query, true).await?;
     let contact = model::load_by_email(
         &state.db,
         &scope.normalized_email(),

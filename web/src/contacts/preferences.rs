@@ -137,7 +137,7 @@ pub async fn get_preferences(
     auth: AuthClient,
     QueryMap(query): QueryMap,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope::resolve(&state.db, &auth, &query, true).await?;
+    let scope = scope::resolve(&state, &auth, &query, true).await?;
     let requested = category_tags(query.get("category_tags"))?;
     Ok(Json(answer(&state.db, &scope, requested).await?))
 }
@@ -150,7 +150,7 @@ pub async fn put_preferences(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let data = as_map(&body);
-    let scope = scope::resolve(&state.db, &auth, data, true).await?;
+    let scope = scope::resolve(&state, &auth, data, true).await?;
     let Some(Value::Array(items)) = data.get("categories") else {
         return Err(invalid("categories", "must_be_list"));
     };

@@ -38,7 +38,7 @@ async fn list_scope(
     auth: &AuthClient,
     data: &Map<String, Value>,
 ) -> Result<Scope, ApiError> {
-    scope::resolve(&state.db, auth, data, false).await
+    scope::resolve(state, auth, data, false).await
 }
 
 /// `PUT /api/recipient-lists/{key}`.

@@ -111,7 +111,7 @@ pub async fn send_to_list(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let key = path_key(Some(&key), "list_key")?;
     let data = as_map(&body);
-    let scope = scope::resolve(&state.db, &auth, data, false).await?;
+    let scope = scope::resolve(&state, &auth, data, false).await?;
     let Prepared {
         req,
         template,
@@ -181,7 +181,7 @@ pub async fn send_to_transient_list(
     JsonObject(body): JsonObject,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let data = as_map(&body);
-    let scope = scope::resolve(&state.db, &auth, data, false).await?;
+    let scope = scope::resolve(&state, &auth, data, false).await?;
     let Prepared {
         req,
         template,
