@@ -56,11 +56,18 @@ t3=$(now)
 exported=$(($(wc -l <"$OUT/export.csv") - 1))
 rss_after_export=$(peak_rss)
 
+# Every request a new address: each wrk thread has its own id (without it both threads,
+# seeded alike, send the same addresses and half the upserts are updates of the other's).
 cat >"$OUT/upsert.lua" <<LUA
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
 counter = 0
 request = function()
   counter = counter + 1
-  local body = '{"email":"w' .. counter .. '-' .. math.random(1e9) .. '@example.com","audience":"news","client":"shop","tags":["wrk"]}'
+  local body = '{"email":"w' .. tid .. '-' .. counter .. '@example.com","audience":"news","client":"shop","tags":["wrk"]}'
   return wrk.format("POST", "/api/contacts", {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"}, body)
 end
 LUA

@@ -456,33 +456,56 @@ pub async fn run_import(
         }
         jobs.clear();
     }
-    let mut created_since_analyze = 0usize;
-    let mut analyzed_at = 0usize;
+    // Waves of chunks: the first alone (so statistics are fresh before the others plan),
+    // then PARALLEL at a time. A wave's writes run in a task of their own while this one
+    // builds the previous wave's report entries, so the database and the JSON work overlap.
+    let mut waves: Vec<Vec<(Scope, Vec<usize>, Vec<ContactInput>)>> = Vec::new();
     let mut pending = jobs.into_iter().peekable();
     while pending.peek().is_some() {
-        // The first wave is one chunk, so statistics are fresh before the others plan.
-        let wave: Vec<_> = pending
-            .by_ref()
-            .take(if analyzed_at == 0 { 1 } else { PARALLEL })
-            .collect();
-        let written = futures::future::try_join_all(wave.iter().map(|(scope, _, inputs)| async {
-            let mut tx = state.db.begin().await?;
-            let done = upsert::upsert(&mut tx, scope.audience_id, scope.client_id, inputs).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done)
-        }))
-        .await?;
-        for ((scope, chunk, inputs), done) in wave.iter().zip(written) {
+        let size = if waves.is_empty() { 1 } else { PARALLEL };
+        waves.push(pending.by_ref().take(size).collect());
+    }
+    let mut created_since_analyze = 0usize;
+    let mut analyzed_at = 0usize;
+    let mut waves = waves.into_iter();
+    let mut running: Option<(WaveReport, WaveWrite)> = None;
+    loop {
+        let finished = match running.take() {
+            Some((report, write)) => Some((report, write.await.map_err(anyhow::Error::from)??)),
+            None => None,
+        };
+        if let Some((_, done)) = &finished {
             created_since_analyze += done
                 .iter()
+                .flatten()
                 .filter(|u| u.action == upsert::Action::Created)
                 .count();
-            for ((i, input), up) in chunk.iter().zip(inputs).zip(&done) {
+        }
+        let analyze = if analyzed_at == 0 {
+            finished.is_some()
+        } else {
+            created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at
+        };
+        if analyze {
+            analyzed_at += created_since_analyze.max(1);
+            created_since_analyze = 0;
+        }
+        if let Some(wave) = waves.next() {
+            running = Some(spawn_wave(state.db.clone(), wave, analyze));
+        }
+        let Some((report, done)) = finished else {
+            if running.is_none() {
+                break;
+            }
+            continue;
+        };
+        for ((scope, chunk, emails), done) in report.into_iter().zip(done) {
+            for ((i, email), up) in chunk.iter().zip(&emails).zip(&done) {
                 let payload = model::contact_payload(
                     Some(&up.state),
                     &scope.audience_slug,
                     &scope.client_slug,
-                    &input.email,
+                    email,
                 );
                 outcomes.insert(
                     *i,
@@ -491,12 +514,8 @@ pub async fn run_import(
                 );
             }
         }
-        if created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at {
-            refresh_statistics(&state.db).await;
-            analyzed_at += created_since_analyze;
-            created_since_analyze = 0;
-        } else if analyzed_at == 0 {
-            analyzed_at = 1;
+        if running.is_none() {
+            break;
         }
     }
 
@@ -535,6 +554,43 @@ pub async fn run_import(
     out.insert("results".into(), Value::Array(results));
     out.insert("errors".into(), Value::Array(errors));
     Ok(out)
+}
+
+/// What a wave's report entries need: per chunk its scope, item indexes and emails as given.
+type WaveReport = Vec<(Scope, Vec<usize>, Vec<String>)>;
+/// A wave's writes: per chunk, its upserts' results.
+type WaveWrite = tokio::task::JoinHandle<Result<Vec<Vec<upsert::Upserted>>, sqlx::Error>>;
+
+/// Starts a wave's writes (each chunk in its own transaction), refreshing statistics first
+/// when `analyze`.
+fn spawn_wave(
+    db: sqlx::PgPool,
+    wave: Vec<(Scope, Vec<usize>, Vec<ContactInput>)>,
+    analyze: bool,
+) -> (WaveReport, WaveWrite) {
+    let mut report = Vec::with_capacity(wave.len());
+    let mut writes = Vec::with_capacity(wave.len());
+    for (scope, chunk, inputs) in wave {
+        let emails = inputs.iter().map(|i| i.email.clone()).collect();
+        writes.push((scope.audience_id, scope.client_id, inputs));
+        report.push((scope, chunk, emails));
+    }
+    let task = tokio::spawn(async move {
+        if analyze {
+            refresh_statistics(&db).await;
+        }
+        futures::future::try_join_all(writes.iter().map(|(audience_id, client_id, inputs)| {
+            let db = &db;
+            async move {
+                let mut tx = db.begin().await?;
+                let done = upsert::upsert(&mut tx, *audience_id, *client_id, inputs).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(done)
+            }
+        }))
+        .await
+    });
+    (report, task)
 }
 
 /// A bulk import grows the tables faster than autovacuum re-plans them; with statistics

@@ -91,12 +91,16 @@ pub fn state_sql(audience_param: u8, client_param: u8, inner: bool, tail: &str) 
     // LATERAL lookups keyed by the contact (`LIMIT 1` keeps the planner from flattening them
     // into a join), so a batch of thousands costs an index probe per contact whatever the
     // statistics say: a bulk import outruns autovacuum, and with stale statistics a join
-    // scanned every subscription of the scope once per contact.
+    // scanned every subscription of the scope once per contact. The client test is written
+    // `IS NOT DISTINCT FROM` (not indexable, same meaning for a non-null id) so that without
+    // statistics the planner cannot prefer the (audience, client, status) index and filter
+    // the whole scope by contact on every probe.
     let join = if inner { "JOIN" } else { "LEFT JOIN" };
     format!(
         "{STATE_SELECT}{join} LATERAL (SELECT s.status, s.verified_at, s.unsubscribed_at, s.unsubscribe_reason
                    FROM subscriptions s
-                   WHERE s.contact_id = c.id AND s.audience_id = $A AND s.client_id = $C LIMIT 1) sc ON true\n{tail}"
+                   WHERE s.contact_id = c.id AND s.audience_id = $A
+                     AND s.client_id IS NOT DISTINCT FROM $C LIMIT 1) sc ON true\n{tail}"
     )
     .replace("$A", &format!("${audience_param}"))
     .replace("$C", &format!("${client_param}"))
