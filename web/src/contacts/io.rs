@@ -411,7 +411,7 @@ pub async fn run_import(
     }
     // Chunks of one audience each; written PARALLEL at a time (their emails are distinct, and
     // every write takes its row locks in sorted order, so they never wait on each other).
-    let mut jobs: Vec<(Scope, Vec<usize>, Vec<ContactInput>)> = Vec::new();
+    let mut jobs: Wave = Vec::new();
     for (_, indexes) in by_audience {
         for chunk in indexes.chunks(CHUNK) {
             let scope = match &checked[chunk[0]] {
@@ -459,7 +459,7 @@ pub async fn run_import(
     // Waves of chunks: the first alone (so statistics are fresh before the others plan),
     // then PARALLEL at a time. A wave's writes run in a task of their own while this one
     // builds the previous wave's report entries, so the database and the JSON work overlap.
-    let mut waves: Vec<Vec<(Scope, Vec<usize>, Vec<ContactInput>)>> = Vec::new();
+    let mut waves: Vec<Wave> = Vec::new();
     let mut pending = jobs.into_iter().peekable();
     while pending.peek().is_some() {
         let size = if waves.is_empty() { 1 } else { PARALLEL };
@@ -556,6 +556,8 @@ pub async fn run_import(
     Ok(out)
 }
 
+/// Chunks written together: per chunk its scope, item indexes and inputs.
+type Wave = Vec<(Scope, Vec<usize>, Vec<ContactInput>)>;
 /// What a wave's report entries need: per chunk its scope, item indexes and emails as given.
 type WaveReport = Vec<(Scope, Vec<usize>, Vec<String>)>;
 /// A wave's writes: per chunk, its upserts' results.
@@ -563,11 +565,7 @@ type WaveWrite = tokio::task::JoinHandle<Result<Vec<Vec<upsert::Upserted>>, sqlx
 
 /// Starts a wave's writes (each chunk in its own transaction), refreshing statistics first
 /// when `analyze`.
-fn spawn_wave(
-    db: sqlx::PgPool,
-    wave: Vec<(Scope, Vec<usize>, Vec<ContactInput>)>,
-    analyze: bool,
-) -> (WaveReport, WaveWrite) {
+fn spawn_wave(db: sqlx::PgPool, wave: Wave, analyze: bool) -> (WaveReport, WaveWrite) {
     let mut report = Vec::with_capacity(wave.len());
     let mut writes = Vec::with_capacity(wave.len());
     for (scope, chunk, inputs) in wave {
