@@ -6,7 +6,9 @@
 //!   message and puts it back on its SQS queue; a second invocation within the minute does
 //!   nothing (not due), and the run is recorded;
 //! * a queue-worker invocation whose record's row another delivery holds reports the record as
-//!   a batch item failure, delays it until the lease ends, and does not dead-letter it.
+//!   a batch item failure, delays it until the lease ends, and does not dead-letter it;
+//! * the same scheduled invocation delivers a pending client webhook (signed, to a receiver the
+//!   allow list lets through) and works a recipient-list import job from its URL.
 
 mod support;
 
@@ -195,4 +197,155 @@ async fn a_record_whose_row_another_delivery_holds_waits_for_the_lease_in_lambda
     assert_eq!(queue_depth(&sqs, &queues.dlq_url).await, (0, 0));
     assert_eq!(message_row(&db.pool, id).await.status, "sending");
     db.drop_db().await;
+}
+
+/// What the receiver saw: (authorization, signature header, body) of each webhook POST.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+
+/// A loopback HTTP server: `POST /hook` records the webhook, `GET /members.jsonl` serves an
+/// import's members.
+async fn receiver() -> (std::net::SocketAddr, Seen) {
+    use axum::http::HeaderMap;
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    record.lock().unwrap().push((
+                        header("authorization"),
+                        header("x-datamailer-signature"),
+                        serde_json::from_str(&body).unwrap_or(Value::Null),
+                    ));
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/members.jsonl",
+            axum::routing::get(|| async {
+                "{\"source_object_key\":\"m-1\",\"email\":\"m1@example.com\"}\n\
+                 {\"source_object_key\":\"m-2\",\"email\":\"m2@example.com\"}\n"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_scheduled_maintenance_invocation_delivers_client_webhooks_and_works_import_jobs() {
+    let Some(endpoint) = datamailer_testkit::aws_endpoint().await else {
+        return;
+    };
+    let Some(cargo_lambda) = find_cargo_lambda() else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let aws = sdk_config(&endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queues = create_queues(&sqs, &unique("dm-egress")).await;
+    let scope = provision(&db.pool, "support@example.com").await;
+    let (addr, seen) = receiver().await;
+
+    // The client's webhook, and an event that owes it a callback (written by the trigger in
+    // the event's transaction).
+    sqlx::query(
+        "UPDATE clients SET cmp_webhook_url = $1, cmp_webhook_token = 'hook-token' WHERE id = $2",
+    )
+    .bind(format!("http://{addr}/hook"))
+    .bind(scope.client_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let contact: i64 = sqlx::query_scalar(
+        "INSERT INTO contacts (email, normalized_email) VALUES ('o@example.com', 'o@example.com') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO email_events (contact_id, client_id, event_type) VALUES ($1, $2, 'open')",
+    )
+    .bind(contact)
+    .bind(scope.client_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // An import job, as `POST /api/recipient-lists/imported/imports` writes it.
+    sqlx::query(
+        "INSERT INTO recipient_list_import_jobs (client_id, audience_id, list_key, source_url)
+         SELECT $1, a.id, 'imported', $2 FROM audiences a WHERE a.slug = 'news'",
+    )
+    .bind(scope.client_id)
+    .bind(format!("http://{addr}/members.jsonl"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let (mut emulator, port) = start_lambda_emulator(&cargo_lambda).await;
+    let mut maintenance = function(
+        port,
+        &endpoint,
+        &db.url,
+        &queues,
+        &[
+            ("DATAMAILER_LAMBDA_JOB", "maintenance"),
+            // The template's OutboundAllowHosts: the receiver is on a loopback address.
+            ("DATAMAILER_OUTBOUND_ALLOW_HOSTS", "127.0.0.1"),
+            ("CMP_WEBHOOK_TIMEOUT_SECONDS", "5"),
+        ],
+    );
+    let scheduled =
+        json!({"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}});
+    let (status, answer) =
+        invoke_lambda(port, &scheduled, &mut [&mut emulator, &mut maintenance]).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let tasks = answer["report"]["tasks"].as_array().unwrap();
+    assert!(tasks.iter().all(|t| t["ok"] == true), "{answer}");
+
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{answer}");
+    let (authorization, signature, body) = &got[0];
+    assert_eq!(authorization, "Bearer hook-token");
+    assert!(
+        signature.starts_with("t=") && signature.contains(",v1="),
+        "{signature}"
+    );
+    assert_eq!(body["event_type"], "message.opened", "{body}");
+    let (status, code): (String, Option<i32>) =
+        sqlx::query_as("SELECT status, response_status FROM cmp_callbacks")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), code), ("delivered", Some(200)));
+
+    let (job, rows): (String, i32) = sqlx::query_as(
+        "SELECT status, row_count FROM recipient_list_import_jobs WHERE list_key = 'imported'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((job.as_str(), rows), ("succeeded", 2), "{answer}");
+    let members: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recipient_list_members m JOIN recipient_lists l ON l.id = m.recipient_list_id
+         WHERE l.key = 'imported' AND m.active",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(members, 2);
 }

@@ -263,7 +263,9 @@ async fn sigterm_mid_burst_loses_nothing_and_sends_nothing_twice() {
     let server = Server::start(&db.url, &env).await;
     let http = reqwest::Client::new();
     put_template(&http, &server.base, &key).await;
-    let total = 120;
+    // More than the tree can hold in flight (4 workers × batches of 50), so however fast
+    // the sends arrive some are still queued when the signal lands.
+    let total = 4 * datamailer_runtime::source::postgres::DEFAULT_MAX_BATCH + 100;
     let sends = (0..total).map(|i| {
         let (http, base, key) = (http.clone(), server.base.clone(), key.clone());
         async move { send(&http, &base, &key, &format!("user{i}@example.com"), "x").await }
