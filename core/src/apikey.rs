@@ -1,6 +1,8 @@
 //! API keys: `dm_<public_id>_<secret>`. The secret is 256 random bits, so a plain
 //! SHA-256 is a sufficient stored hash and the lookup goes by public id; the
 //! original's PBKDF2 cost ~0.5 s per request and bought nothing (DESIGN "Speed habits").
+//! Keys moved over from the original keep their `pbkdf2_sha256$...` hash until first use:
+//! [`verify_legacy`] checks it once and the caller stores [`hash`] in its place.
 
 use rand::distributions::Alphanumeric;
 use rand::{Rng, RngCore};
@@ -64,6 +66,41 @@ pub fn verify(raw: &str, stored_hash: &str) -> bool {
         return false;
     }
     hash(raw).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+}
+
+const LEGACY_PREFIX: &str = "pbkdf2_sha256$";
+/// Django's default is 1,200,000 (6.0); far above it is refused rather than computed.
+const MAX_LEGACY_ITERATIONS: u32 = 5_000_000;
+
+/// Whether `stored_hash` is the original's (Django's `pbkdf2_sha256$<iter>$<salt>$<b64>`).
+pub fn is_legacy(stored_hash: &str) -> bool {
+    stored_hash.starts_with(LEGACY_PREFIX)
+}
+
+/// Whether `raw` matches a Django PBKDF2-SHA256 hash (Django's `PBKDF2PasswordHasher`:
+/// PBKDF2-HMAC-SHA256 of the key with the salt's UTF-8 bytes, 32 bytes, standard base64).
+/// Costs as many HMACs as the hash's iterations (~0.5 s at Django's defaults): callers run it
+/// off the async threads and only once per key.
+pub fn verify_legacy(raw: &str, stored_hash: &str) -> bool {
+    let Some(rest) = stored_hash.strip_prefix(LEGACY_PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, '$');
+    let (Some(iterations), Some(salt), Some(expected)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Ok(iterations) = iterations.parse::<u32>() else {
+        return false;
+    };
+    if iterations == 0 || iterations > MAX_LEGACY_ITERATIONS {
+        return false;
+    }
+    let mut derived = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(raw.as_bytes(), salt.as_bytes(), iterations, &mut derived);
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(derived);
+    encoded.as_bytes().ct_eq(expected.trim().as_bytes()).into()
 }
 
 /// URL-safe base64 without padding, like Python's `secrets.token_urlsafe`.
@@ -151,6 +188,33 @@ mod tests {
             hash("abc"),
             "sha256$ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// Made by Django's algorithm (`hashlib.pbkdf2_hmac('sha256', key, salt, 1000)`, base64).
+    const LEGACY: &str =
+        "pbkdf2_sha256$1000$a1b2c3d4e5f6g7h8$Ll9aNm3oZMUU2KFKbNZZ7C60TVMvbHltL4v06ISX84E=";
+
+    #[test]
+    fn legacy_django_hashes_verify_and_nothing_else_does() {
+        assert!(is_legacy(LEGACY));
+        assert!(verify_legacy("dm_legacyKey01_s3cr3t-value", LEGACY));
+        assert!(!verify_legacy("dm_legacyKey01_s3cr3t-valuE", LEGACY));
+        assert!(
+            !verify("dm_legacyKey01_s3cr3t-value", LEGACY),
+            "never the fast path"
+        );
+        for broken in [
+            "pbkdf2_sha256$abc$salt$hash",
+            "pbkdf2_sha256$0$a1b2c3d4e5f6g7h8$Ll9aNm3oZMUU2KFKbNZZ7C60TVMvbHltL4v06ISX84E=",
+            "pbkdf2_sha256$99999999$s$h",
+            "pbkdf2_sha256$1000$a1b2c3d4e5f6g7h8",
+            "pbkdf2_sha1$1000$a1b2c3d4e5f6g7h8$Ll9aNm3oZMUU2KFKbNZZ7C60TVMvbHltL4v06ISX84E=",
+        ] {
+            assert!(
+                !verify_legacy("dm_legacyKey01_s3cr3t-value", broken),
+                "{broken}"
+            );
+        }
     }
 
     #[test]

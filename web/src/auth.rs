@@ -76,7 +76,7 @@ pub fn senders_to_json(senders: &[SenderIdentity]) -> Value {
 /// Authenticates a raw Authorization header value against the database.
 pub async fn authenticate(state: &AppState, header: Option<&str>) -> Result<AuthClient, ApiError> {
     let raw = apikey::bearer_token(header).map_err(|e| ApiError::Unauthorized(e.code()))?;
-    // Keys not in the dm_ format cannot match: we store no legacy hashes.
+    // Keys not in the dm_ format cannot match (the original made only dm_ keys).
     let public_id = apikey::public_id(raw).ok_or(ApiError::Unauthorized("invalid_api_key"))?;
     let row = sqlx::query(LOOKUP_SQL)
         .bind(public_id)
@@ -84,14 +84,14 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Auth
         .await?
         .ok_or(ApiError::Unauthorized("invalid_api_key"))?;
     let key_hash: String = row.try_get("key_hash")?;
-    if !apikey::verify(raw, &key_hash) {
+    let key_id: i64 = row.try_get("key_id")?;
+    if !apikey::verify(raw, &key_hash) && !upgrade_legacy(state, key_id, raw, &key_hash).await? {
         return Err(ApiError::Unauthorized("invalid_api_key"));
     }
     let is_active: bool = row.try_get("is_active")?;
     if !is_active {
         return Err(ApiError::Unauthorized("inactive_client"));
     }
-    let key_id: i64 = row.try_get("key_id")?;
     let touch: bool = row.try_get("touch")?;
     if touch {
         let db = state.db.clone();
@@ -112,6 +112,46 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Auth
         sender_emails: senders_from_json(&sender_emails),
         default_sender_id: row.try_get("default_sender_id")?,
     })
+}
+
+/// Legacy checks running at once: each is ~0.5 s of CPU, so a flood of wrong secrets for an
+/// imported key's public id cannot take every core.
+static LEGACY_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A key imported from the original (`pbkdf2_sha256$...`): verified once, off the async
+/// threads, then its hash replaced by ours (only if nobody replaced or revoked it meanwhile),
+/// so every later request takes the fast path.
+async fn upgrade_legacy(
+    state: &AppState,
+    key_id: i64,
+    raw: &str,
+    stored: &str,
+) -> Result<bool, ApiError> {
+    if !apikey::is_legacy(stored) {
+        return Ok(false);
+    }
+    let _permit = LEGACY_CHECKS
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let (raw_owned, stored_owned) = (raw.to_string(), stored.to_string());
+    let ok = tokio::task::spawn_blocking(move || apikey::verify_legacy(&raw_owned, &stored_owned))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if !ok {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE client_api_keys SET key_hash = $3, updated_at = now()
+         WHERE id = $1 AND key_hash = $2 AND revoked_at IS NULL",
+    )
+    .bind(key_id)
+    .bind(stored)
+    .bind(apikey::hash(raw))
+    .execute(&state.db)
+    .await?;
+    tracing::info!(key_id, "legacy API key verified once and rehashed");
+    Ok(true)
 }
 
 impl FromRequestParts<AppState> for AuthClient {

@@ -457,3 +457,74 @@ async fn provisioning_is_idempotent_for_the_scope() {
     assert_eq!(ctx.count("clients").await, 1);
     ctx.db.drop_db().await;
 }
+
+/// A key moved over from the original: `dm_<public_id>_<secret>` with Django's PBKDF2 hash
+/// (`hashlib.pbkdf2_hmac('sha256', key, salt, 1000)`, as `make_password` stores it).
+const LEGACY_RAW: &str = "dm_legacyKey01_s3cr3t-value";
+const LEGACY_HASH: &str =
+    "pbkdf2_sha256$1000$a1b2c3d4e5f6g7h8$Ll9aNm3oZMUU2KFKbNZZ7C60TVMvbHltL4v06ISX84E=";
+
+const LEGACY_REVOKED_HASH: &str =
+    "pbkdf2_sha256$1000$a1b2c3d4e5f6g7h8$hiq86wYL+3tkU1BhH69CcwoNo9roEK1vJ5CAtBmwOjk=";
+
+#[tokio::test]
+async fn an_original_pbkdf2_key_works_once_verified_then_takes_the_fast_path() {
+    let Some(ctx) = setup().await else { return };
+    let insert =
+        |public_id: &'static str, name: &'static str, hash: &'static str, revoked: bool| {
+            let pool = ctx.pool().clone();
+            let client = ctx.a.client_id;
+            async move {
+                sqlx::query(
+                    "INSERT INTO client_api_keys (client_id, name, key_hash, public_id, revoked_at)
+                 VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
+                )
+                .bind(client)
+                .bind(name)
+                .bind(hash)
+                .bind(public_id)
+                .bind(revoked)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        };
+    insert("legacyKey01", "imported", LEGACY_HASH, false).await;
+    let senders = |key: &'static str| ctx.call(Method::GET, "/api/client/senders", key, None);
+
+    // A wrong secret for the legacy key: refused, and the legacy hash stays.
+    let (s, body) = senders("dm_legacyKey01_wrong").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body, auth_error("invalid_api_key"));
+    let stored: String =
+        sqlx::query_scalar("SELECT key_hash FROM client_api_keys WHERE public_id = 'legacyKey01'")
+            .fetch_one(ctx.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, LEGACY_HASH);
+
+    // The right one: accepted, and rehashed to ours so the next request is fast.
+    let (s, body) = senders(LEGACY_RAW).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["client"]["slug"], "shop");
+    let stored: String =
+        sqlx::query_scalar("SELECT key_hash FROM client_api_keys WHERE public_id = 'legacyKey01'")
+            .fetch_one(ctx.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, datamailer_core::apikey::hash(LEGACY_RAW));
+    let (s, _) = senders(LEGACY_RAW).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // A revoked legacy key stays revoked.
+    sqlx::query("UPDATE client_api_keys SET revoked_at = now() WHERE public_id = 'legacyKey01'")
+        .execute(ctx.pool())
+        .await
+        .unwrap();
+    let (s, body) = senders(LEGACY_RAW).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    // Its own hash is right (made like LEGACY_HASH), but the key was revoked before the move.
+    insert("legacyKey02", "imported-revoked", LEGACY_REVOKED_HASH, true).await;
+    let (s, _) = senders("dm_legacyKey02_s3cr3t-value").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
