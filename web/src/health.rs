@@ -134,3 +134,17 @@ pub async fn metrics() -> impl IntoResponse {
         datamailer_runtime::telemetry::render_prometheus(),
     )
 }
+
+/// `/health` → 301 `/health/`, query kept: Django's `APPEND_SLASH` redirect, which the
+/// original answers there (its load balancer checks may use either form).
+pub async fn redirect_to_slash(uri: axum::http::Uri) -> axum::response::Response {
+    let location = match uri.query() {
+        Some(q) => format!("/health/?{q}"),
+        None => "/health/".to_string(),
+    };
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, location)],
+    )
+        .into_response()
+}

@@ -287,6 +287,7 @@ pub fn router(state: AppState) -> Router {
     datamailer_runtime::telemetry::install_prometheus();
     Router::new()
         .route("/health/", get(health::health))
+        .route("/health", get(health::redirect_to_slash))
         .route("/health/probes/{probe_id}", get(health::probe))
         .route("/metrics", get(health::metrics))
         // require_POST in the original: a plain 405 with no body, before auth.

@@ -528,3 +528,20 @@ async fn an_original_pbkdf2_key_works_once_verified_then_takes_the_fast_path() {
     let (s, _) = senders("dm_legacyKey02_s3cr3t-value").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn health_without_the_slash_redirects_permanently_as_django_does() {
+    let Some(ctx) = setup().await else { return };
+    let resp = ctx
+        .app
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/health?probe=lb")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(resp.headers()["location"], "/health/?probe=lb");
+}
