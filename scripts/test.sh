@@ -18,6 +18,9 @@ for _ in $(seq 1 100); do
 done
 export DATAMAILER_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
 export DATAMAILER_TEST_CARGO_LAMBDA="$PWD/.venv/bin/cargo-lambda"
+# The original's Django, for the template corpus test (core/tests/django_corpus.rs).
+DATAMAILER_TEST_DJANGO_PYTHON="$(scripts/django-env.sh)"
+export DATAMAILER_TEST_DJANGO_PYTHON
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -626,15 +626,14 @@ fn sorted_by(v: &Value, arg: &Value, reverse: bool) -> Result<Value, RenderFailu
     }
     let mut failed = false;
     if reverse {
-        keyed.reverse();
+        // Python's `sorted(..., reverse=True)` keeps equal items in their original order:
+        // a stable sort on the reversed comparison, not a reversed ascending sort.
         keyed.sort_by(|a, b| {
             py_cmp(&b.0, &a.0).unwrap_or_else(|| {
                 failed = true;
                 std::cmp::Ordering::Equal
             })
         });
-        keyed.reverse();
-        keyed.reverse();
     } else {
         keyed.sort_by(|a, b| {
             py_cmp(&a.0, &b.0).unwrap_or_else(|| {
