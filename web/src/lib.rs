@@ -98,12 +98,14 @@ impl AppState {
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// A method router whose unmatched methods answer the API's JSON 405 (before auth, since
-/// authentication happens in the handlers' extractors).
+/// authentication happens in the handlers' extractors). HEAD included: axum would answer it
+/// with the GET handler, the original's API views answer 405.
 fn api_route(
     methods: MethodRouter<AppState>,
     allowed: &'static [&'static str],
 ) -> MethodRouter<AppState> {
-    methods.fallback(move || async move { error::ApiError::MethodNotAllowed(allowed) })
+    let refuse = move || async move { error::ApiError::MethodNotAllowed(allowed) };
+    methods.head(refuse).fallback(refuse)
 }
 
 /// `GET /api-docs/openapi.json` (no auth: it holds no data, only the API's shape).

@@ -132,6 +132,17 @@ async fn method_not_allowed_comes_before_auth() {
             json!({"error": {"code": "method_not_allowed", "allowed_methods": allowed}})
         );
     }
+    // HEAD is not GET: the original's API views answer it 405 too (axum would run GET and
+    // the handler's auth); a HEAD answer has no body.
+    for path in [
+        "/api/contacts",
+        "/api/client/senders",
+        "/api/contacts/erase",
+    ] {
+        let (status, text) = ctx.raw(Method::HEAD, path, None, "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "HEAD {path}");
+        assert_eq!(text, "", "HEAD {path}");
+    }
     // /api/transactional/send: a plain 405 with an empty body, before auth.
     let (status, text) = ctx
         .raw(Method::GET, "/api/transactional/send", None, "")
