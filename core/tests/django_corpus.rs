@@ -2,7 +2,8 @@
 //! builtin tags and filters, Python value printing, missing variables, errors and the
 //! opt-in autoescape) rendered by Django itself (the original's version, through
 //! scripts/django-render.py as the original renders) and by our engine, compared byte for
-//! byte; a case Django refuses must be refused too.
+//! byte; a case Django refuses must be refused too. Cases marked `known_difference` are the
+//! differences we keep (listed in docs/api.md): Django renders them and we refuse them.
 //!
 //! Django comes from `scripts/django-env.sh` (a Python 3.12 venv); `scripts/test.sh` sets
 //! `DATAMAILER_TEST_DJANGO_PYTHON`. Without it the test is skipped, except under CI=true, where
@@ -42,7 +43,7 @@ fn the_corpus_renders_byte_for_byte_as_django_renders_it() {
     let django: Value = serde_json::from_slice(&out.stdout).unwrap();
     let corpus: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&corpus_path).unwrap()).unwrap();
-    assert!(corpus.len() >= 90, "the corpus shrank: {}", corpus.len());
+    assert!(corpus.len() >= 150, "the corpus shrank: {}", corpus.len());
 
     let mut mismatches = Vec::new();
     for case in &corpus {
@@ -51,6 +52,18 @@ fn the_corpus_renders_byte_for_byte_as_django_renders_it() {
         let autoescape = case["autoescape"].as_bool().unwrap_or(false);
         let ours = render_str(template, &case["context"], autoescape);
         let theirs = &django[name];
+        // A difference we keep on purpose (docs/api.md): Django renders it, we refuse it.
+        if let Some(reason) = case["known_difference"].as_str() {
+            assert!(
+                theirs.get("output").is_some(),
+                "{name}: Django refuses it now"
+            );
+            assert!(
+                ours.is_err(),
+                "{name} renders now ({reason}): compare it again"
+            );
+            continue;
+        }
         match (theirs.get("output").and_then(Value::as_str), ours) {
             (Some(expected), Ok(got)) if expected == got => {}
             (None, Err(_)) => {}

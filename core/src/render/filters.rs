@@ -76,7 +76,7 @@ filters! {
     "truncatechars_html", Required, true, None, truncatechars_html;
     "truncatewords", Required, true, None, truncatewords;
     "truncatewords_html", Required, true, None, truncatewords_html;
-    "upper", None, true, None, upper;
+    "upper", None, false, None, upper;
     "urlencode", Optional, false, None, urlencode;
     "urlize", None, true, None, urlize;
     "urlizetrunc", Required, true, None, urlizetrunc;
@@ -84,7 +84,7 @@ filters! {
     "wordwrap", Required, true, None, wordwrap;
     "ljust", Required, true, None, ljust;
     "rjust", Required, true, None, rjust;
-    "center", Required, false, None, center;
+    "center", Required, true, None, center;
     "cut", Required, false, None, cut;
     "escape", None, true, None, escape;
     "escapeseq", None, true, None, escapeseq;
@@ -98,8 +98,8 @@ filters! {
     "dictsortreversed", Required, false, None, dictsortreversed;
     "first", None, false, None, first;
     "join", Required, true, None, join;
-    "last", None, false, None, last;
-    "length", None, true, None, length;
+    "last", None, true, None, last;
+    "length", None, false, None, length;
     "random", None, true, None, random;
     "slice", Required, true, None, slice;
     "unordered_list", None, true, None, unordered_list;
@@ -338,8 +338,9 @@ fn lower(v: Value, _: Option<Value>, _: bool) -> Result<Value, RenderFailure> {
     Ok(keep_safety(&v, text_of(&v).to_lowercase()))
 }
 
+/// Not safe-preserving (`is_safe=False` in Django): `str.upper` on a SafeString is a plain str.
 fn upper(v: Value, _: Option<Value>, _: bool) -> Result<Value, RenderFailure> {
-    Ok(keep_safety(&v, text_of(&v).to_uppercase()))
+    Ok(Value::str(text_of(&v).to_uppercase()))
 }
 
 fn make_list(v: Value, _: Option<Value>, _: bool) -> Result<Value, RenderFailure> {
@@ -575,21 +576,44 @@ fn sort_key(item: &Value, arg: &Value) -> Result<Option<Value>, RenderFailure> {
         _ => false,
     };
     if numeric {
-        // `itemgetter(arg)`: index into sequences by an int argument.
-        let Some(i) = arg.as_int() else {
-            return Err(fail("dictsort: item lookup failed"));
+        // `itemgetter(arg)`: `item[arg]` as Python does it. The filter turns a TypeError
+        // into "" (Ok(None)); an IndexError or KeyError escapes and fails the render.
+        let int_arg = match arg {
+            Value::Int(_) | Value::Bool(_) => arg.as_int(),
+            _ => None,
         };
-        return match item {
-            Value::List(items) | Value::Tuple(items) => {
+        return match (item, int_arg) {
+            (Value::List(items) | Value::Tuple(items), Some(i)) => {
                 let n = items.len() as i64;
                 let idx = if i < 0 { i + n } else { i };
                 if (0..n).contains(&idx) {
                     Ok(Some(items[idx as usize].clone()))
                 } else {
-                    Err(fail("dictsort: index out of range"))
+                    Err(fail("IndexError: list index out of range"))
                 }
             }
-            _ => Err(fail("dictsort: item lookup failed")),
+            (Value::Str(text, _), Some(i)) => {
+                let chars: Vec<char> = text.chars().collect();
+                let n = chars.len() as i64;
+                let idx = if i < 0 { i + n } else { i };
+                if (0..n).contains(&idx) {
+                    Ok(Some(Value::str(chars[idx as usize].to_string())))
+                } else {
+                    Err(fail("IndexError: string index out of range"))
+                }
+            }
+            // JSON objects have string keys: `d['0']` finds "0", an int finds nothing.
+            (Value::Dict(entries), _) => {
+                let key = match arg {
+                    Value::Str(s, _) => Some(s.to_string()),
+                    _ => None,
+                };
+                match key.and_then(|k| entries.iter().find(|(name, _)| *name == k)) {
+                    Some((_, v)) => Ok(Some(v.clone())),
+                    None => Err(fail(format!("KeyError: {}", arg.repr()))),
+                }
+            }
+            _ => Ok(None),
         };
     }
     let path = arg.to_py_str();

@@ -465,34 +465,89 @@ pub fn urlize(
     out
 }
 
+/// Django 6's `Urlizer.trim_punctuation`, quirks included (a wrapping close *replaces* the
+/// trail gathered so far, so `(url).` loses its `.`; the closing count is tracked, not
+/// recounted). Works on chars, as Python slices.
 fn trim_punctuation(word: &str) -> (String, String, String) {
-    let middle_start = word.trim_start_matches(['(', '[']);
-    let lead = word[..word.len() - middle_start.len()].to_owned();
-    let mut middle = middle_start.to_owned();
-    let mut trail = String::new();
+    const TRAILING: &[char] = &['.', ',', ':', ';', '!'];
+    const TRAILING_NO_SEMICOLON: &[char] = &['.', ',', ':', '!'];
+    let chars: Vec<char> = word.chars().collect();
+    let lead_len = chars.iter().take_while(|c| matches!(c, '(' | '[')).count();
+    let lead: String = chars[..lead_len].iter().collect();
+    let mut middle: Vec<char> = chars[lead_len..].to_vec();
+    let mut trail: Vec<char> = Vec::new();
+    let count = |m: &[char], c: char| m.iter().filter(|x| **x == c).count() as i64;
+    let mut counts: Vec<(char, char, i64, i64)> = [('(', ')'), ('[', ']')]
+        .iter()
+        .map(|&(o, c)| (o, c, count(&middle, o), count(&middle, c)))
+        .collect();
+    let rstrip = |m: &[char], set: &[char]| {
+        let mut n = m.len();
+        while n > 0 && set.contains(&m[n - 1]) {
+            n -= 1;
+        }
+        n
+    };
     let mut trimmed = true;
     while trimmed && !middle.is_empty() {
         trimmed = false;
-        for (open, close) in [('(', ')'), ('[', ']')] {
-            let opens = middle.matches(open).count();
-            let closes = middle.matches(close).count();
-            if opens < closes && middle.ends_with(close) {
-                let strip =
-                    (closes - opens).min(middle.len() - middle.trim_end_matches(close).len());
+        for (_, close, opens, closes) in counts.iter_mut() {
+            if *opens < *closes && middle.last() == Some(close) {
+                let strip = ((*closes - *opens) as usize).min(middle.len());
                 let cut = middle.len() - strip;
-                trail = format!("{}{trail}", &middle[cut..]);
+                trail = middle[cut..].to_vec();
                 middle.truncate(cut);
+                trimmed = true;
+                *closes -= strip as i64;
+            }
+        }
+        let amp = middle.iter().rposition(|c| *c == '&');
+        let set = if amp.is_none() {
+            TRAILING
+        } else {
+            TRAILING_NO_SEMICOLON
+        };
+        let kept = rstrip(&middle, set);
+        if kept != middle.len() {
+            let mut t = middle[kept..].to_vec();
+            t.extend(trail);
+            trail = t;
+            middle.truncate(kept);
+            trimmed = true;
+        }
+        if middle.last() == Some(&';') {
+            // Only strip if not part of an HTML entity.
+            let potential: String = middle[amp.unwrap_or(0)..].iter().collect();
+            let escaped = html_unescape(&potential);
+            if escaped == potential || escaped.ends_with(';') {
+                let trail_start = rstrip(&middle, TRAILING);
+                let semicolons = middle.len() - rstrip(&middle, &[';']);
+                let mut t: Vec<char>;
+                if amp.is_some() && semicolons > 1 {
+                    // Leave up to the most recent semicolon: it may end an entity.
+                    let recent = middle[trail_start..]
+                        .iter()
+                        .position(|c| *c == ';')
+                        .expect("ends with ;");
+                    let keep_to = recent + trail_start + 1;
+                    t = middle[keep_to..].to_vec();
+                    t.extend(trail);
+                    middle.truncate(keep_to);
+                } else {
+                    t = middle[trail_start..].to_vec();
+                    t.extend(trail);
+                    middle.truncate(trail_start);
+                }
+                trail = t;
                 trimmed = true;
             }
         }
-        let stripped = middle.trim_end_matches(['.', ',', ':', ';', '!']);
-        if stripped.len() != middle.len() {
-            trail = format!("{}{trail}", &middle[stripped.len()..]);
-            middle.truncate(stripped.len());
-            trimmed = true;
-        }
     }
-    (lead, middle, trail)
+    (
+        lead,
+        middle.into_iter().collect(),
+        trail.into_iter().collect(),
+    )
 }
 
 /// Django's `smart_urlquote`: quote what is not already URL-safe, keeping `%XX` escapes.
