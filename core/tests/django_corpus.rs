@@ -2,8 +2,7 @@
 //! builtin tags and filters, Python value printing, missing variables, errors and the
 //! opt-in autoescape) rendered by Django itself (the original's version, through
 //! scripts/django-render.py as the original renders) and by our engine, compared byte for
-//! byte; a case Django refuses must be refused too. Cases marked `known_difference` are the
-//! differences we keep (listed in docs/api.md): Django renders them and we refuse them.
+//! byte; a case Django refuses must be refused too.
 //!
 //! Django comes from `scripts/django-env.sh` (a Python 3.12 venv); `scripts/test.sh` sets
 //! `DATAMAILER_TEST_DJANGO_PYTHON`. Without it the test is skipped, except under CI=true, where

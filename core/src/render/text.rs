@@ -243,6 +243,217 @@ pub fn truncate_chars(text: &str, length: i64) -> String {
     text
 }
 
+/// One piece of markup as Python's `HTMLParser` reports it to Django's truncating parser.
+enum HtmlToken<'a> {
+    /// Text between tags, charrefs converted.
+    Data(String),
+    /// A start tag: its source text, lowercased name, and whether it closes itself (`/>`).
+    Start(&'a str, String, bool),
+    /// An end tag's lowercased name.
+    End(String),
+    /// A comment, declaration or processing instruction (Django's parser drops them).
+    Other,
+}
+
+/// Elements without an end tag (`django.utils.html.VOID_ELEMENTS`).
+const VOID_ELEMENTS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "frame", "spacer",
+];
+
+/// Splits markup as `HTMLParser(convert_charrefs=True)` does for ordinary documents: tags by
+/// `<` + letter (quoted attribute values may hold `>`), end tags by `</` + letter, comments,
+/// declarations and processing instructions; any other `<` is a one-character text piece.
+fn html_tokens(text: &str) -> Vec<HtmlToken<'_>> {
+    let mut tokens = Vec::new();
+    let bytes = text.as_bytes();
+    let (mut i, mut data_start) = (0, 0);
+    let flush = |tokens: &mut Vec<HtmlToken<'_>>, from: usize, to: usize| {
+        if to > from {
+            tokens.push(HtmlToken::Data(html_unescape(&text[from..to])));
+        }
+    };
+    while i < bytes.len() {
+        if bytes[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let next = bytes.get(i + 1).copied().unwrap_or(0);
+        let end_of =
+            |from: usize, close: &str| text[from..].find(close).map(|p| from + p + close.len());
+        let (token, end) = if next.is_ascii_alphabetic() {
+            // Find the closing `>` outside quotes.
+            let mut j = i + 1;
+            let mut quote = 0u8;
+            while j < bytes.len() {
+                let b = bytes[j];
+                if quote != 0 {
+                    if b == quote {
+                        quote = 0;
+                    }
+                } else if b == b'"' || b == b'\'' {
+                    quote = b;
+                } else if b == b'>' {
+                    break;
+                }
+                j += 1;
+            }
+            if j >= bytes.len() {
+                break; // an unfinished tag: the rest is text
+            }
+            let raw = &text[i..=j];
+            let name: String = raw[1..]
+                .chars()
+                .take_while(|c| !matches!(c, '\t' | '\n' | '\r' | '\x0c' | ' ' | '/' | '>' | '\0'))
+                .collect::<String>()
+                .to_lowercase();
+            (HtmlToken::Start(raw, name, raw.ends_with("/>")), j + 1)
+        } else if next == b'/' && bytes.get(i + 2).is_some_and(u8::is_ascii_alphabetic) {
+            let Some(end) = end_of(i, ">") else { break };
+            let name: String = text[i + 2..end - 1]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
+                .collect::<String>()
+                .to_lowercase();
+            (HtmlToken::End(name), end)
+        } else if text[i..].starts_with("<!--") {
+            let Some(end) = end_of(i + 4, "-->") else {
+                break;
+            };
+            (HtmlToken::Other, end)
+        } else if next == b'!' || next == b'?' {
+            let Some(end) = end_of(i, ">") else { break };
+            (HtmlToken::Other, end)
+        } else {
+            // A lone `<`: its own piece of text.
+            flush(&mut tokens, data_start, i);
+            tokens.push(HtmlToken::Data("<".to_owned()));
+            i += 1;
+            data_start = i;
+            continue;
+        };
+        flush(&mut tokens, data_start, i);
+        tokens.push(token);
+        i = end;
+        data_start = i;
+    }
+    flush(&mut tokens, data_start, bytes.len());
+    tokens
+}
+
+/// Django's `Truncator.chars(length, html=True)` / `.words(length, html=True, truncate=" …")`
+/// (its `TruncateHTMLParser`): text is counted and escaped, start tags kept as written, end
+/// tags rewritten lowercase, comments dropped, and the tags still open closed after the cut.
+pub fn truncate_html(text: &str, length: i64, words: bool) -> String {
+    if length <= 0 {
+        return String::new();
+    }
+    let normalized: String;
+    let text = if words {
+        text
+    } else {
+        normalized = text.nfc().collect();
+        &normalized
+    };
+    let raw_len = text.chars().count();
+    let total = length as usize;
+    // `calculate_truncate_chars_length`: room for the `…`.
+    let mut remaining = if words { total } else { total - 1 };
+    let mut processed = 0usize;
+    let mut out = String::new();
+    let mut open: Vec<String> = Vec::new();
+    let mut done = false;
+    for token in html_tokens(text) {
+        match token {
+            HtmlToken::Start(raw, name, self_closing) => {
+                out.push_str(raw);
+                let void = VOID_ELEMENTS.contains(&name.as_str());
+                if !void {
+                    if self_closing {
+                        out.push_str(&format!("</{name}>"));
+                    } else {
+                        open.push(name);
+                    }
+                }
+            }
+            HtmlToken::End(name) => {
+                if !VOID_ELEMENTS.contains(&name.as_str()) {
+                    out.push_str(&format!("</{name}>"));
+                    if open.last() == Some(&name) {
+                        open.pop();
+                    }
+                }
+            }
+            HtmlToken::Other => {}
+            HtmlToken::Data(data) if words => {
+                let pieces = split_words_inner(&data);
+                let output = escape(&pieces[..remaining.min(pieces.len())].join(" "));
+                if remaining < pieces.len() {
+                    out.push_str(&output);
+                    if !output.ends_with(" …") {
+                        out.push_str(" …");
+                    }
+                    done = true;
+                    break;
+                }
+                remaining -= pieces.len();
+                out.push_str(&output);
+            }
+            HtmlToken::Data(data) => {
+                let n = data.chars().count();
+                processed += n;
+                if processed == total && out.chars().count() + n == raw_len {
+                    out.push_str(&data);
+                    done = true;
+                    break;
+                }
+                let kept: String = data.chars().take(remaining).collect();
+                let output = escape(&kept);
+                if remaining < n {
+                    out.push_str(&output);
+                    if !output.ends_with('…') {
+                        out.push('…');
+                    }
+                    done = true;
+                    break;
+                }
+                remaining -= n;
+                out.push_str(&output);
+            }
+        }
+    }
+    if done {
+        for name in open.iter().rev() {
+            out.push_str(&format!("</{name}>"));
+        }
+    }
+    out
+}
+
+/// Python's `re.split(r"(?<=\S)\s+(?=\S)", data)`: split at inner whitespace runs only.
+fn split_words_inner(data: &str) -> Vec<String> {
+    let chars: Vec<char> = data.chars().collect();
+    let mut pieces = vec![String::new()];
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() && i > 0 && !chars[i - 1].is_whitespace() {
+            let mut j = i;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            if j < chars.len() {
+                pieces.push(String::new());
+                i = j;
+                continue;
+            }
+        }
+        pieces.last_mut().expect("one piece").push(c);
+        i += 1;
+    }
+    pieces
+}
+
 /// Django's `wrap` (textwrap without breaking long words or on hyphens, whitespace kept
 /// except where a line breaks).
 pub fn wrap(text: &str, width: usize) -> String {
