@@ -13,6 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use datamailer_core::email;
 use datamailer_core::slug::slugify;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::by_id::{cursor_param, limit_param};
@@ -342,20 +343,20 @@ pub async fn run_import(
     state: &AppState,
     auth: &AuthClient,
     req: ImportRequest,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<ImportReport, ApiError> {
     let mut counts = counts();
     let mut resolver = ScopeResolver::new(state, auth);
     let mut seen: HashMap<(String, i64), usize> = HashMap::new();
     let mut checked: Vec<Checked> = Vec::with_capacity(req.items.len());
-    for (index, raw) in req.items.iter().enumerate() {
+    // Items are consumed as they are checked, so the request's values are freed as it goes.
+    for (index, raw) in req.items.into_iter().enumerate() {
         let number = index + 1;
         bump(&mut counts, "total");
-        let Value::Object(raw) = raw else {
+        let Value::Object(mut item) = raw else {
             checked.push(Checked::Invalid(json!({"index": index, "item": number,
                                                   "errors": {"item": "must_be_object"}})));
             continue;
         };
-        let mut item = raw.clone();
         for field in ["audience", "client"] {
             if !item.contains_key(field) {
                 if let Some(v) = req.parent.get(field) {
@@ -402,7 +403,9 @@ pub async fn run_import(
     }
 
     // Write (or, in a dry run, look up) per audience in chunks; remember each item's outcome.
-    let mut outcomes: HashMap<usize, Value> = HashMap::new();
+    // Each outcome is serialized as soon as it is known: a report of 100,000 items held as
+    // JSON text, not as 100,000 trees of values (~10× the memory and most of the CPU).
+    let mut outcomes: HashMap<usize, (&'static str, Box<RawValue>)> = HashMap::new();
     let mut by_audience: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, c) in checked.iter().enumerate() {
         if let Checked::Ready { scope, .. } = c {
@@ -450,7 +453,10 @@ pub async fn run_import(
                 };
                 outcomes.insert(
                     *i,
-                    json!({"index": i, "item": i + 1, "email": input.normalized, "action": action}),
+                    (
+                        action,
+                        raw(&json!({"index": i, "item": i + 1, "email": input.normalized, "action": action})),
+                    ),
                 );
             }
         }
@@ -509,8 +515,11 @@ pub async fn run_import(
                 );
                 outcomes.insert(
                     *i,
-                    json!({"index": i, "item": i + 1,
-                    "action": up.action.as_str(), "contact": payload}),
+                    (
+                        up.action.as_str(),
+                        raw(&json!({"index": i, "item": i + 1,
+                            "action": up.action.as_str(), "contact": payload})),
+                    ),
                 );
             }
         }
@@ -529,14 +538,13 @@ pub async fn run_import(
             }
             Checked::Duplicate { email, kept } => {
                 bump(&mut counts, "skipped");
-                results.push(json!({"index": i, "item": i + 1, "email": email,
-                    "action": "skipped", "reason": "duplicate_input", "kept_item": kept}));
+                results.push(raw(&json!({"index": i, "item": i + 1, "email": email,
+                    "action": "skipped", "reason": "duplicate_input", "kept_item": kept})));
             }
             Checked::Ready { .. } => {
-                let outcome = outcomes
+                let (action, outcome) = outcomes
                     .remove(&i)
                     .expect("every ready item has an outcome");
-                let action = outcome["action"].as_str().unwrap_or("");
                 let key = if action.starts_with("would_") {
                     "skipped"
                 } else {
@@ -547,13 +555,28 @@ pub async fn run_import(
             }
         }
     }
-    let mut out = Map::new();
-    out.insert("dry_run".into(), json!(req.dry_run));
-    out.insert("idempotency_key".into(), req.idempotency_key);
-    out.insert("counts".into(), Value::Object(counts));
-    out.insert("results".into(), Value::Array(results));
-    out.insert("errors".into(), Value::Array(errors));
-    Ok(out)
+    Ok(ImportReport {
+        dry_run: req.dry_run,
+        idempotency_key: req.idempotency_key,
+        counts,
+        results,
+        errors,
+    })
+}
+
+/// An import's answer, in the original's key order.
+#[derive(serde::Serialize)]
+pub struct ImportReport {
+    pub dry_run: bool,
+    pub idempotency_key: Value,
+    pub counts: Map<String, Value>,
+    /// One entry per item, already serialized.
+    pub results: Vec<Box<RawValue>>,
+    pub errors: Vec<Value>,
+}
+
+fn raw(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
 }
 
 /// Chunks written together: per chunk its scope, item indexes and inputs.
@@ -610,7 +633,7 @@ pub async fn import_json(
     State(state): State<AppState>,
     auth: AuthClient,
     crate::json::JsonObject(body): crate::json::JsonObject,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ImportReport>> {
     let data = as_map(&body);
     let Some(Value::Array(items)) = data.get("contacts") else {
         return Err(invalid("contacts", "must_be_list"));
@@ -631,7 +654,7 @@ pub async fn import_json(
         dry_run,
         idempotency_key,
     };
-    Ok(Json(Value::Object(run_import(&state, &auth, req).await?)))
+    Ok(Json(run_import(&state, &auth, req).await?))
 }
 
 /// A CSV row as an import item, or its field errors. Fixing the original's gap, a blank
@@ -784,7 +807,7 @@ pub async fn import_csv(
     State(state): State<AppState>,
     auth: AuthClient,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ImportReport>> {
     let upload = read_upload(req).await?;
     let csv = match upload.csv {
         Some(bytes) if !bytes.iter().all(|b| b.is_ascii_whitespace()) => bytes,
@@ -849,16 +872,12 @@ pub async fn import_csv(
         },
     )
     .await?;
-    if let Some(Value::Object(counts)) = report.get_mut("counts") {
-        for _ in &row_errors {
-            bump(counts, "total");
-            bump(counts, "invalid");
-        }
+    for _ in &row_errors {
+        bump(&mut report.counts, "total");
+        bump(&mut report.counts, "invalid");
     }
-    if let Some(Value::Array(errors)) = report.get_mut("errors") {
-        errors.extend(row_errors);
-    }
-    Ok(Json(Value::Object(report)))
+    report.errors.extend(row_errors);
+    Ok(Json(report))
 }
 
 fn text_of(v: Option<&Value>) -> String {
