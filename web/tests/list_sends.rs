@@ -493,6 +493,23 @@ async fn bad_list_sends_name_the_field_and_write_nothing() {
     }
     assert_eq!(ctx.count("transactional_messages").await, 0);
     assert_eq!(ctx.count("recipient_lists").await, 0);
+
+    // A member key past the stored 255 characters is a 400, not a database error.
+    let long_source = "s".repeat(200);
+    let (s, resp) = call(
+        &ctx,
+        Method::POST,
+        transient,
+        scoped(
+            json!({"template_key": "notice", "idempotency_key": "k".repeat(100),
+                      "context": {"name": "x"},
+                      "members": [member(&long_source, "a@example.com", json!({}))]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(resp["error"]["fields"]["idempotency_key"], "too_long");
+    assert_eq!(ctx.count("transactional_messages").await, 0);
 }
 
 #[tokio::test]

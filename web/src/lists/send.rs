@@ -35,6 +35,9 @@ use crate::send::{Template, MAX_SUBJECT_CHARS, SENDS_TOTAL};
 use crate::send_writer::{NewMessage, WriteOutcome};
 use crate::AppState;
 
+/// Longest stored idempotency key (`<idempotency_key>:<source_object_key>` must fit).
+const MAX_KEY_CHARS: usize = 255;
+
 /// Messages handed to the writer at once (it batches them; this bounds the waiting futures).
 const WRITE_CHUNK: usize = 1_000;
 
@@ -431,6 +434,11 @@ fn build_messages(
             }
             return Err(errors.into());
         }
+        // The stored key is at most 255 characters (the original answered a 500 past it).
+        let key = member_idempotency_key(&req.idempotency_key, &r.source_object_key);
+        if key.chars().count() > MAX_KEY_CHARS {
+            return Err(ApiError::field("idempotency_key", "too_long"));
+        }
         // The original validates every member before it skips replays; so do we.
         if r.replay {
             replays += 1;
@@ -454,7 +462,7 @@ fn build_messages(
             template_key: template.key.clone(),
             from_email_id: sender.id.clone(),
             from_email: sender.email.clone(),
-            idempotency_key: member_idempotency_key(&req.idempotency_key, &r.source_object_key),
+            idempotency_key: key,
             subject: rendered.subject,
             html_body: rendered.html_body,
             text_body: rendered.text_body,
