@@ -3,9 +3,10 @@
 (mailing/services/transactional_rendering.py: Template(value).render(Context(context,
 autoescape=False)), settings TIME_ZONE=UTC, USE_TZ=True, LANGUAGE_CODE=en-us, USE_I18N=True).
 
-Reads a corpus JSON file (a list of {"name", "template", "context", "autoescape"?}) and prints
-a JSON object: name -> {"output": str} or {"error": "<exception class>"}. Run by
-core/tests/django_corpus.rs with the python of scripts/django-env.sh.
+Reads a corpus JSON file ({"context": default, "cases": [{"name", "template", "context"?,
+"autoescape"?}]}; a case without a context uses the default) and prints a JSON object:
+name -> {"output": str} or {"error": "<exception class>"}. Run by core/tests/django_corpus.rs
+with the python of scripts/django-env.sh.
 """
 import json
 import sys
@@ -26,14 +27,15 @@ django.setup()
 from django.template import Context, Template  # noqa: E402
 
 
-def render(case):
+def render(case, default_context):
     try:
         template = Template(case["template"])
-        return {"output": template.render(Context(case.get("context", {}), autoescape=case.get("autoescape", False)))}
+        context = Context(case.get("context", default_context), autoescape=case.get("autoescape", False))
+        return {"output": template.render(context)}
     except Exception as exc:  # the test only compares that both sides refuse
         return {"error": type(exc).__name__}
 
 
 with open(sys.argv[1], encoding="utf-8") as f:
     corpus = json.load(f)
-print(json.dumps({case["name"]: render(case) for case in corpus}, ensure_ascii=False))
+print(json.dumps({case["name"]: render(case, corpus["context"]) for case in corpus["cases"]}, ensure_ascii=False))

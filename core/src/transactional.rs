@@ -330,7 +330,8 @@ pub enum MemberSync {
 /// `<idempotency_key>:<source_object_key>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListSendRequest {
-    /// The shared send fields (`email` empty: each member is a recipient).
+    /// The shared send fields (`email` and `idempotency_key` unset: each member is a
+    /// recipient with a key of its own).
     pub send: SendRequest,
     /// Required here: it keys every member's message.
     pub idempotency_key: String,
@@ -405,13 +406,11 @@ impl ListSendRequest {
             };
         });
         send.template_key = template_key.unwrap_or_default();
-        let idempotency_key = idempotency_key.unwrap_or_default();
-        send.idempotency_key = Some(idempotency_key.clone());
         fields::finish(
             errors,
             ListSendRequest {
                 send,
-                idempotency_key,
+                idempotency_key: idempotency_key.unwrap_or_default(),
                 members,
                 member_sync,
                 remove_absent_members,

@@ -13,6 +13,7 @@ pub mod auth;
 pub(crate) mod contacts;
 pub mod error;
 pub mod health;
+mod held_connection;
 mod http_metrics;
 pub mod json;
 pub mod lists;

@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use datamailer_core::fields::FieldErrors;
-use datamailer_core::render::{render, TemplateSource};
+use datamailer_core::render::{render, Rendered, TemplateSource};
 use datamailer_core::time::iso_opt;
 use datamailer_core::transactional::{
-    decide, generate_idempotency_key, missing_required_context, resolve_sender, CategoryCheck,
+    decide, generate_idempotency_key, required_context_errors, resolve_sender, CategoryCheck,
     ContactFlags, DeliveryDecision, SendRequest, SUPPRESSED_CODE, SUPPRESSED_MESSAGE,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -31,7 +31,7 @@ use crate::send_writer::{NewMessage, WriteOutcome};
 use crate::AppState;
 
 /// Longest rendered subject we accept (RFC 5322 line limit).
-pub const MAX_SUBJECT_CHARS: usize = 998;
+const MAX_SUBJECT_CHARS: usize = 998;
 
 pub(crate) const SENDS_TOTAL: &str = "datamailer_transactional_sends_total";
 
@@ -178,6 +178,27 @@ impl Template {
         .transpose()
     }
 
+    /// `context.<name>: required` for each `required_context` name the context lacks.
+    pub(crate) fn check_context(&self, context: &Map<String, Value>) -> Result<(), ApiError> {
+        let errors = required_context_errors(&self.required_context, context);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.into())
+        }
+    }
+
+    /// Renders the three fields: `<field>: render_error` when one does not render, `subject:
+    /// too_long` past the header line limit.
+    pub(crate) fn render_checked(&self, context: &Value) -> Result<Rendered, ApiError> {
+        let rendered = render(&self.source(), context, self.autoescape)
+            .map_err(|err| ApiError::field(err.field.to_string(), "render_error"))?;
+        if rendered.subject.chars().count() > MAX_SUBJECT_CHARS {
+            return Err(ApiError::field("subject", "too_long"));
+        }
+        Ok(rendered)
+    }
+
     pub(crate) fn source(&self) -> TemplateSource<'_> {
         TemplateSource {
             subject: &self.subject,
@@ -278,20 +299,9 @@ pub async fn send(
         &auth.sender_emails,
     )
     .map_err(|reason| ApiError::field("from_email", reason))?;
-    let missing = missing_required_context(&template.required_context, &req.context);
-    if !missing.is_empty() {
-        let mut errors = FieldErrors::new();
-        for name in missing {
-            errors.insert(format!("context.{name}"), "required");
-        }
-        return Err(errors.into());
-    }
+    template.check_context(&req.context)?;
     let context = Value::Object(req.context.clone());
-    let rendered = render(&template.source(), &context, template.autoescape)
-        .map_err(|err| ApiError::field(err.field.to_string(), "render_error"))?;
-    if rendered.subject.chars().count() > MAX_SUBJECT_CHARS {
-        return Err(ApiError::field("subject", "too_long"));
-    }
+    let rendered = template.render_checked(&context)?;
     let idempotency_key = req
         .idempotency_key
         .clone()

@@ -25,9 +25,9 @@ use datamailer_core::transactional::DeliveryDecision;
 use datamailer_runtime::producer::Producer;
 use datamailer_runtime::writer::{BatchSink, BatchWriter, WriterSettings};
 use serde_json::{json, Map, Value};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, Row};
-use tokio::sync::Mutex;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::held_connection::HeldConnection;
 
 /// The queue transactional messages go to.
 pub const QUEUE: &str = "transactional-email";
@@ -82,9 +82,8 @@ pub type SendWriter = BatchWriter<SendSink>;
 pub fn start(db: PgPool, producer: Producer) -> SendWriter {
     BatchWriter::start(
         SendSink {
-            db,
+            conn: HeldConnection::new(db),
             producer,
-            conn: Mutex::new(None),
         },
         WriterSettings {
             max_batch: MAX_BATCH,
@@ -94,10 +93,9 @@ pub fn start(db: PgPool, producer: Producer) -> SendWriter {
 }
 
 pub struct SendSink {
-    db: PgPool,
-    producer: Producer,
     /// Kept while the writer is busy; given back when it idles or after an error.
-    conn: Mutex<Option<PoolConnection<Postgres>>>,
+    conn: HeldConnection,
+    producer: Producer,
 }
 
 #[async_trait]
@@ -111,17 +109,8 @@ impl BatchSink for SendSink {
     }
 
     async fn write(&self, messages: &[&NewMessage]) -> anyhow::Result<Vec<WriteOutcome>> {
-        let mut conn = self.conn.lock().await;
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => conn.insert(
-                self.db
-                    .acquire()
-                    .await
-                    .context("acquire a connection for the send writer")?,
-            ),
-        };
-        write_batch(c, &self.producer, messages).await
+        let mut conn = self.conn.get("send writer").await?;
+        write_batch(&mut conn, &self.producer, messages).await
     }
 
     /// A repeated (client, idempotency key) in one batch is a replay of the first.
@@ -134,12 +123,12 @@ impl BatchSink for SendSink {
     }
 
     async fn idle(&self) {
-        *self.conn.lock().await = None;
+        self.conn.release().await;
     }
 
     /// The connection may be broken: take a fresh one next time.
     async fn reset(&self) {
-        *self.conn.lock().await = None;
+        self.conn.release().await;
     }
 }
 

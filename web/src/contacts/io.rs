@@ -471,40 +471,26 @@ pub async fn run_import(
         let size = if waves.is_empty() { 1 } else { PARALLEL };
         waves.push(pending.by_ref().take(size).collect());
     }
-    let mut created_since_analyze = 0usize;
-    let mut analyzed_at = 0usize;
     let mut waves = waves.into_iter();
-    let mut running: Option<(WaveReport, WaveWrite)> = None;
-    loop {
-        let finished = match running.take() {
-            Some((report, write)) => Some((report, write.await.map_err(anyhow::Error::from)??)),
-            None => None,
-        };
-        if let Some((_, done)) = &finished {
-            created_since_analyze += done
-                .iter()
-                .flatten()
-                .filter(|u| u.action == upsert::Action::Created)
-                .count();
-        }
-        let analyze = if analyzed_at == 0 {
-            finished.is_some()
-        } else {
-            created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at
-        };
+    let mut running = waves.next().map(|w| spawn_wave(state.db.clone(), w, false));
+    let (mut created_since_analyze, mut analyzed_at) = (0usize, 0usize);
+    while let Some((report, write)) = running.take() {
+        let done = write.await.map_err(anyhow::Error::from)??;
+        created_since_analyze += done
+            .iter()
+            .flatten()
+            .filter(|u| u.action == upsert::Action::Created)
+            .count();
+        // After the first wave, then whenever the tables have grown by half again.
+        let analyze = analyzed_at == 0
+            || (created_since_analyze >= CHUNK / 2 && created_since_analyze >= analyzed_at);
         if analyze {
             analyzed_at += created_since_analyze.max(1);
             created_since_analyze = 0;
         }
-        if let Some(wave) = waves.next() {
-            running = Some(spawn_wave(state.db.clone(), wave, analyze));
-        }
-        let Some((report, done)) = finished else {
-            if running.is_none() {
-                break;
-            }
-            continue;
-        };
+        running = waves
+            .next()
+            .map(|w| spawn_wave(state.db.clone(), w, analyze));
         for ((scope, chunk, emails), done) in report.into_iter().zip(done) {
             for ((i, email), up) in chunk.iter().zip(&emails).zip(&done) {
                 let payload = model::contact_payload(
@@ -522,9 +508,6 @@ pub async fn run_import(
                     ),
                 );
             }
-        }
-        if running.is_none() {
-            break;
         }
     }
 

@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::Context;
 use async_trait::async_trait;
 use datamailer_runtime::writer::{BatchSink, BatchWriter, WriterSettings};
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres};
-use tokio::sync::Mutex;
+use sqlx::{Connection, PgPool};
 
 use super::upsert::{self, ContactInput, Upserted};
+use crate::held_connection::HeldConnection;
 
 /// Most upserts in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -39,8 +38,7 @@ pub type ContactWriter = BatchWriter<ContactSink>;
 pub fn start(db: PgPool) -> ContactWriter {
     BatchWriter::start(
         ContactSink {
-            db,
-            conn: Mutex::new(None),
+            conn: HeldConnection::new(db),
         },
         WriterSettings {
             max_batch: MAX_BATCH,
@@ -50,9 +48,8 @@ pub fn start(db: PgPool) -> ContactWriter {
 }
 
 pub struct ContactSink {
-    db: PgPool,
     /// Kept while the writer is busy; given back when it idles or after an error.
-    conn: Mutex<Option<PoolConnection<Postgres>>>,
+    conn: HeldConnection,
 }
 
 /// The batch's upserts as calls of [`upsert::upsert`]: per scope (sorted, so concurrent
@@ -94,17 +91,8 @@ impl BatchSink for ContactSink {
     }
 
     async fn write(&self, items: &[&ContactUpsert]) -> anyhow::Result<Vec<Upserted>> {
-        let mut conn = self.conn.lock().await;
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => conn.insert(
-                self.db
-                    .acquire()
-                    .await
-                    .context("acquire a connection for the contact writer")?,
-            ),
-        };
-        let mut tx = c.begin().await.context("begin a contact batch")?;
+        let mut conn = self.conn.get("contact writer").await?;
+        let mut tx = conn.begin().await.context("begin a contact batch")?;
         let mut outputs: Vec<Option<Upserted>> = vec![None; items.len()];
         for ((audience_id, client_id), indexes) in rounds(items) {
             let inputs: Vec<ContactInput> =
@@ -124,11 +112,11 @@ impl BatchSink for ContactSink {
     }
 
     async fn idle(&self) {
-        *self.conn.lock().await = None;
+        self.conn.release().await;
     }
 
     async fn reset(&self) {
-        *self.conn.lock().await = None;
+        self.conn.release().await;
     }
 }
 

@@ -22,7 +22,7 @@ pub mod tree;
 use model::{path_key, ListRow};
 use tree::Owner;
 
-fn owner(scope: &Scope) -> Owner {
+pub(crate) fn owner(scope: &Scope) -> Owner {
     Owner {
         client_id: scope.client_id,
         audience_id: scope.audience_id,
@@ -33,7 +33,7 @@ fn list_payload(list: &ListRow, scope: &Scope) -> Value {
     list.payload(&scope.audience_slug, &scope.client_slug)
 }
 
-async fn list_scope(
+pub(crate) async fn list_scope(
     state: &AppState,
     auth: &AuthClient,
     data: &Map<String, Value>,

@@ -15,23 +15,22 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use datamailer_core::fields::FieldErrors;
-use datamailer_core::render::render;
 use datamailer_core::transactional::{
-    decide, member_idempotency_key, missing_required_context, resolve_sender, CategoryCheck,
-    ContactFlags, ListSendRequest, MemberSync, SenderIdentity,
+    decide, member_idempotency_key, resolve_sender, CategoryCheck, ContactFlags, ListSendRequest,
+    MemberSync, SenderIdentity,
 };
 use datamailer_core::{email, fields};
 use serde_json::{json, Map, Value};
 use sqlx::Row;
 
 use super::model::{self, path_key};
-use super::{parse_members, sync_members, tree};
+use super::{list_scope, owner, parse_members, sync_members, tree};
 use crate::auth::AuthClient;
 use crate::contacts::as_map;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonObject;
-use crate::scope::{self, Scope};
-use crate::send::{Template, MAX_SUBJECT_CHARS, SENDS_TOTAL};
+use crate::scope::Scope;
+use crate::send::{Template, SENDS_TOTAL};
 use crate::send_writer::{NewMessage, WriteOutcome};
 use crate::AppState;
 
@@ -114,7 +113,7 @@ pub async fn send_to_list(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let key = path_key(Some(&key), "list_key")?;
     let data = as_map(&body);
-    let scope = scope::resolve(&state, &auth, data, false).await?;
+    let scope = list_scope(&state, &auth, data).await?;
     let Prepared {
         req,
         template,
@@ -139,11 +138,7 @@ pub async fn send_to_list(
             None => synced.bulk_upsert_payload(&scope),
         });
     }
-    let owner = tree::Owner {
-        client_id: scope.client_id,
-        audience_id: scope.audience_id,
-    };
-    let list = tree::find_list(&mut *tx, owner, &key)
+    let list = tree::find_list(&mut *tx, owner(&scope), &key)
         .await?
         .ok_or_else(|| ApiError::not_found("list_key"))?;
     let recipients = stored_members(&mut tx, list.id, &scope, &req).await?;
@@ -184,7 +179,7 @@ pub async fn send_to_transient_list(
     JsonObject(body): JsonObject,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let data = as_map(&body);
-    let scope = scope::resolve(&state, &auth, data, false).await?;
+    let scope = list_scope(&state, &auth, data).await?;
     let Prepared {
         req,
         template,
@@ -426,30 +421,19 @@ fn build_messages(
     let mut replays = 0;
     for r in recipients {
         let context = member_context(&req.send.context, &r.member_metadata);
-        let missing = missing_required_context(&template.required_context, &context);
-        if !missing.is_empty() {
-            let mut errors = FieldErrors::new();
-            for name in missing {
-                errors.insert(format!("context.{name}"), "required");
-            }
-            return Err(errors.into());
-        }
+        // The original checks every member's context before it skips replays; so do we.
+        template.check_context(&context)?;
         // The stored key is at most 255 characters (the original answered a 500 past it).
         let key = member_idempotency_key(&req.idempotency_key, &r.source_object_key);
         if key.chars().count() > MAX_KEY_CHARS {
             return Err(ApiError::field("idempotency_key", "too_long"));
         }
-        // The original validates every member before it skips replays; so do we.
         if r.replay {
             replays += 1;
             continue;
         }
         let context = Value::Object(context);
-        let rendered = render(&template.source(), &context, template.autoescape)
-            .map_err(|err| ApiError::field(err.field.to_string(), "render_error"))?;
-        if rendered.subject.chars().count() > MAX_SUBJECT_CHARS {
-            return Err(ApiError::field("subject", "too_long"));
-        }
+        let rendered = template.render_checked(&context)?;
         let category = req.send.category_tag.as_ref().map(|_| CategoryCheck {
             has_scope: true,
             category_disabled: r.category_disabled,
