@@ -47,6 +47,20 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Move the original Django datamailer's data here (ids kept; re-run safe; see
+    /// docs/operations.md). The first run needs a freshly migrated database.
+    ImportOriginal {
+        /// The original's database: its DATABASE_URL (postgres://..., sqlite:////path) or the
+        /// path of its SQLite file.
+        #[arg(long)]
+        from: String,
+        /// Read both sides and print the counts; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per batch (one read and one write statement each).
+        #[arg(long, default_value_t = 5000)]
+        batch_size: i64,
+    },
     /// Run the runtime's maintenance (stale-row recovery and the other periodic tasks): one pass
     /// with `--once`, else every interval until a signal. Only one maintainer acts at a time.
     Maintain {
@@ -243,6 +257,18 @@ async fn main() -> ExitCode {
         Command::Worker { queues } => commands::run::worker(config, queues).await,
         Command::Lambda => lambda::run(config).await,
         Command::Migrate { check } => commands::migrate::migrate(config, check).await,
+        Command::ImportOriginal {
+            from,
+            dry_run,
+            batch_size,
+        } => {
+            let options = commands::import_original::Options {
+                from,
+                dry_run,
+                batch_size,
+            };
+            commands::import_original::import_original(config, options).await
+        }
         Command::Maintain { once } => commands::maintain::maintain(config, once).await,
         Command::Provision {
             org,

@@ -1,5 +1,6 @@
 //! One module per group of subcommands; `main.rs` parses the command line and calls these.
 
+pub mod import_original;
 pub mod maintain;
 pub mod migrate;
 pub mod outbox;
