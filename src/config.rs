@@ -32,6 +32,8 @@ pub struct Config {
     pub aws_region: String,
     pub aws_endpoint_url: Option<String>,
     pub ses_configuration_set: Option<String>,
+    /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: a mailto in campaign mail's List-Unsubscribe header.
+    pub unsubscribe_mailto: Option<String>,
     /// Sends per second for SES; `None` disables the limiter.
     pub ses_max_send_rate: Option<f64>,
     /// `DATAMAILER_SES_TIMEOUT_SECONDS`: the most one SES call may take.
@@ -223,6 +225,7 @@ impl Config {
                 .unwrap_or_else(|| "us-east-1".into()),
             aws_endpoint_url: var("AWS_ENDPOINT_URL"),
             ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
+            unsubscribe_mailto: var("DATAMAILER_UNSUBSCRIBE_MAILTO"),
             ses_max_send_rate,
             ses_timeout,
             queue_backend,

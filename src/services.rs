@@ -103,6 +103,8 @@ impl Services {
             default_from_email: self.config.default_from_email.clone(),
             configuration_set: self.config.ses_configuration_set.clone(),
             webhooks: self.webhooks.clone(),
+            public_base_url: self.config.public_base_url.clone(),
+            unsubscribe_mailto: self.config.unsubscribe_mailto.clone(),
         }
     }
 

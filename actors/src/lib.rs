@@ -5,6 +5,7 @@
 //! worked by a maintenance task). The campaign, ses-webhooks and email-events handlers come with
 //! their own capabilities and plug into the same runtime unchanged, through [`registry`].
 
+pub mod campaign;
 pub mod events;
 pub mod registry;
 pub mod transactional;

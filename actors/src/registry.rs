@@ -13,6 +13,7 @@ use datamailer_runtime::maintenance::MaintenanceTask;
 use datamailer_runtime::producer::Producer;
 use datamailer_runtime::Handler;
 
+use crate::campaign::{CampaignHandler, CampaignMaintenance, CampaignSettings};
 use crate::transactional::{RequeueStaleRows, TransactionalHandler, TransactionalSettings};
 use crate::webhooks::{DispatchWebhooks, WebhookSettings};
 
@@ -28,6 +29,20 @@ pub struct Deps {
     pub configuration_set: Option<String>,
     /// How client webhooks are sent (SSRF-guarded client, timeout).
     pub webhooks: WebhookSettings,
+    /// Where campaign tracking and unsubscribe links point (`PUBLIC_BASE_URL`).
+    pub public_base_url: String,
+    /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: the mailto of campaign mail's List-Unsubscribe.
+    pub unsubscribe_mailto: Option<String>,
+}
+
+impl Deps {
+    fn campaign_settings(&self) -> CampaignSettings {
+        let mut settings = CampaignSettings::new(self.public_base_url.clone());
+        settings.default_from_email = self.default_from_email.clone();
+        settings.configuration_set = self.configuration_set.clone();
+        settings.unsubscribe_mailto = self.unsubscribe_mailto.clone();
+        settings
+    }
 }
 
 /// The queues that have a worker today.
@@ -53,7 +68,15 @@ fn build_handler(queue: QueueName) -> Option<Build> {
                 },
             ))
         }),
-        QueueName::CampaignEmail | QueueName::SesWebhooks | QueueName::EmailEvents => None,
+        QueueName::CampaignEmail => Some(|deps| {
+            Arc::new(CampaignHandler::new(
+                deps.db.clone(),
+                deps.sender.clone(),
+                deps.producer.clone(),
+                deps.campaign_settings(),
+            ))
+        }),
+        QueueName::SesWebhooks | QueueName::EmailEvents => None,
     }
 }
 
@@ -83,6 +106,17 @@ pub fn maintenance_tasks(deps: &Deps) -> Vec<Arc<dyn MaintenanceTask>> {
             ledger_delay: deps.sender.ledger_delay(),
             older_than: Duration::from_secs(300),
             limit: 1000,
+        }),
+        Arc::new({
+            let settings = deps.campaign_settings();
+            CampaignMaintenance {
+                db: deps.db.clone(),
+                producer: deps.producer.clone(),
+                batch_size: settings.batch_size,
+                batch_horizon: settings.batch_horizon,
+                ledger_delay: deps.sender.ledger_delay(),
+                stalled_after: Duration::from_secs(60),
+            }
         }),
         Arc::new(DispatchWebhooks {
             db: deps.db.clone(),

@@ -299,6 +299,53 @@ impl CampaignEmailV1 {
     }
 }
 
+/// `campaign-fanout` v1, on the campaign-email queue: "snapshot this queued campaign and hand
+/// its pending recipients to the queue in batches". Ours (the original snapshotted inside the
+/// HTTP request); idempotent, so a duplicate or a maintenance re-send is harmless.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignFanoutV1 {
+    pub campaign_id: i64,
+}
+
+impl CampaignFanoutV1 {
+    pub const CONTRACT: &'static str = "campaign-fanout";
+
+    pub fn parse(body: &str) -> Result<Self, ContractError> {
+        Self::from_value(&decode(body)?)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Self, ContractError> {
+        let env = Envelope::open(value, Self::CONTRACT)?;
+        Ok(CampaignFanoutV1 {
+            campaign_id: env.required_int("campaign_id")?,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        Payload::new(Self::CONTRACT)
+            .set("campaign_id", self.campaign_id)
+            .to_json()
+    }
+}
+
+/// What the campaign-email queue carries: a batch to send, or a campaign to fan out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CampaignQueueMessage {
+    Batch(CampaignEmailV1),
+    Fanout(CampaignFanoutV1),
+}
+
+impl CampaignQueueMessage {
+    /// By its `contract`; the error of a batch when the contract is neither.
+    pub fn parse(body: &str) -> Result<Self, ContractError> {
+        let value = decode(body)?;
+        if value.get("contract").and_then(Value::as_str) == Some(CampaignFanoutV1::CONTRACT) {
+            return CampaignFanoutV1::from_value(&value).map(CampaignQueueMessage::Fanout);
+        }
+        CampaignEmailV1::from_value(&value).map(CampaignQueueMessage::Batch)
+    }
+}
+
 /// SES notification kinds carried by the `ses-webhooks` contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotificationType {

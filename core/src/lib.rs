@@ -3,6 +3,7 @@
 //! service, the workers and the tests all share one definition of the rules.
 
 pub mod apikey;
+pub mod campaign;
 pub mod contracts;
 pub mod email;
 pub mod fields;
@@ -12,5 +13,6 @@ pub mod reasons;
 pub mod render;
 pub mod slug;
 pub mod time;
+pub mod tracking;
 pub mod transactional;
 pub mod webhooks;

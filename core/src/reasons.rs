@@ -77,6 +77,10 @@ pub enum Reason {
     NotEditable,
     /// A campaign that can no longer be cancelled (409).
     NotCancellable,
+    /// *Ours*: pausing a campaign that is not running (409).
+    NotPausable,
+    /// *Ours*: resuming a campaign that is not paused (409).
+    NotResumable,
     /// *Ours*: a template field that is not valid Django template syntax (the original
     /// accepts it and fails every send with a 500).
     InvalidTemplate,
@@ -87,7 +91,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every code, in the table's order.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Required,
         Reason::MustBeString,
         Reason::MustBeNonEmptyString,
@@ -121,6 +125,8 @@ impl Reason {
         Reason::AudienceMismatch,
         Reason::NotEditable,
         Reason::NotCancellable,
+        Reason::NotPausable,
+        Reason::NotResumable,
         Reason::InvalidTemplate,
         Reason::RenderFailed,
     ];
@@ -161,6 +167,8 @@ impl Reason {
             Reason::AudienceMismatch => "audience_mismatch",
             Reason::NotEditable => "not_editable",
             Reason::NotCancellable => "not_cancellable",
+            Reason::NotPausable => "not_pausable",
+            Reason::NotResumable => "not_resumable",
             Reason::InvalidTemplate => "invalid_template",
             Reason::RenderFailed => "render_failed",
         }
@@ -173,7 +181,13 @@ impl Reason {
 
     /// Whether the original answers this code (false for the codes we added).
     pub const fn is_original(self) -> bool {
-        !matches!(self, Reason::InvalidTemplate | Reason::RenderFailed)
+        !matches!(
+            self,
+            Reason::InvalidTemplate
+                | Reason::RenderFailed
+                | Reason::NotPausable
+                | Reason::NotResumable
+        )
     }
 }
 
@@ -361,6 +375,8 @@ mod tests {
     #[test]
     fn not_cancellable() {
         assert_eq!(code(Reason::NotCancellable), "not_cancellable");
+        assert_eq!(code(Reason::NotPausable), "not_pausable");
+        assert_eq!(code(Reason::NotResumable), "not_resumable");
     }
     #[test]
     fn invalid_template_is_ours() {

@@ -10,6 +10,7 @@ use datamailer_runtime::outbound::OutboundPolicy;
 use datamailer_runtime::producer::Producer;
 
 pub mod auth;
+pub mod campaigns;
 pub(crate) mod contacts;
 pub mod error;
 pub mod health;
@@ -26,6 +27,7 @@ pub mod send_writer;
 mod senders;
 mod subscriptions;
 mod templates;
+pub mod tracking;
 pub mod webhooks;
 
 /// Web service settings that handlers need.
@@ -51,6 +53,8 @@ pub struct AppState {
     /// Which webhook URLs a client may set (`DATAMAILER_OUTBOUND_ALLOW_HOSTS`); strict unless
     /// [`AppState::with_outbound_policy`] says otherwise.
     pub(crate) outbound_policy: Arc<OutboundPolicy>,
+    /// The tracking-token keys, read from the database on first use.
+    tracking_keys: Arc<tokio::sync::OnceCell<datamailer_core::tracking::TrackingKeys>>,
 }
 
 impl AppState {
@@ -63,7 +67,25 @@ impl AppState {
             contact_writer: Arc::new(OnceLock::new()),
             audiences: Arc::default(),
             outbound_policy: Arc::new(OutboundPolicy::default()),
+            tracking_keys: Arc::default(),
         }
+    }
+
+    /// The keys that sign and verify tracking and unsubscribe tokens (table `tracking_keys`).
+    pub(crate) async fn tracking_keys(
+        &self,
+    ) -> anyhow::Result<&datamailer_core::tracking::TrackingKeys> {
+        self.tracking_keys
+            .get_or_try_init(|| async {
+                let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(datamailer_core::tracking::KEYS_SQL)
+                    .fetch_all(&self.db)
+                    .await?;
+                datamailer_core::tracking::TrackingKeys::new(
+                    rows.into_iter().map(|(id, s)| (id as u8, s)).collect(),
+                )
+                .ok_or_else(|| anyhow::anyhow!("no tracking key in tracking_keys"))
+            })
+            .await
     }
 
     /// The hosts exempt from the SSRF rules when a client sets its webhook URL.
@@ -284,6 +306,67 @@ fn audience_routes() -> Router<AppState> {
         )
 }
 
+/// Campaigns (facts §4.8, plus list, estimate, pause and resume).
+fn campaign_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/campaigns",
+            api_route(
+                get(campaigns::list_campaigns),
+                openapi::methods("/api/campaigns"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}",
+            api_route(
+                get(campaigns::get_campaign).put(campaigns::put_campaign),
+                openapi::methods("/api/campaigns/{key}"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/queue",
+            api_route(
+                post(campaigns::queue_campaign),
+                openapi::methods("/api/campaigns/{key}/queue"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/cancel",
+            api_route(
+                post(campaigns::cancel_campaign),
+                openapi::methods("/api/campaigns/{key}/cancel"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/pause",
+            api_route(
+                post(campaigns::pause_campaign),
+                openapi::methods("/api/campaigns/{key}/pause"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/resume",
+            api_route(
+                post(campaigns::resume_campaign),
+                openapi::methods("/api/campaigns/{key}/resume"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/estimate",
+            api_route(
+                post(campaigns::estimate_campaign),
+                openapi::methods("/api/campaigns/{key}/estimate"),
+            ),
+        )
+        .route(
+            "/api/campaigns/{key}/preview",
+            api_route(
+                post(campaigns::preview_campaign),
+                openapi::methods("/api/campaigns/{key}/preview"),
+            ),
+        )
+}
+
 /// Every route of the service, with the HTTP metrics layer.
 pub fn router(state: AppState) -> Router {
     // Record into the process-wide Prometheus registry (idempotent).
@@ -324,6 +407,16 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         .merge(audience_routes())
+        .merge(campaign_routes())
+        .route(
+            "/t/o/{file}",
+            get(tracking::open_pixel).head(tracking::open_pixel),
+        )
+        .route("/t/c/{token}", get(tracking::click).head(tracking::click))
+        .route(
+            "/unsubscribe/{token}",
+            get(tracking::unsubscribe_page).post(tracking::unsubscribe),
+        )
         .route("/api-docs/openapi.json", get(openapi_document))
         .fallback(|| async { error::ApiError::NotFound })
         // Ten message parts of up to 200,000 characters fit; the default 2 MB would not.

@@ -56,6 +56,14 @@ pub const ROUTES: &[RouteDoc] = &[
         "POST" => "Send a transactional template to members given in the body (nothing stored about the list)"]),
     route!("/api/recipient-lists/{list_key}/imports", "recipient-lists", ["POST" => "Start an import job from a JSONL URL"]),
     route!("/api/recipient-lists/{list_key}/imports/{job_id}", "recipient-lists", ["GET" => "An import job's state"]),
+    route!("/api/campaigns", "campaigns", ["GET" => "List campaigns (status filter, keyset pages)"]),
+    route!("/api/campaigns/{key}", "campaigns", ["GET" => "Read a campaign", "PUT" => "Create or update a draft campaign"]),
+    route!("/api/campaigns/{key}/queue", "campaigns", ["POST" => "Queue a draft (202 at once; sent now or at scheduled_at)"]),
+    route!("/api/campaigns/{key}/cancel", "campaigns", ["POST" => "Cancel a campaign that has not finished"]),
+    route!("/api/campaigns/{key}/pause", "campaigns", ["POST" => "Pause a running campaign"]),
+    route!("/api/campaigns/{key}/resume", "campaigns", ["POST" => "Resume a paused campaign"]),
+    route!("/api/campaigns/{key}/estimate", "campaigns", ["POST" => "Who the snapshot would reach now, by skip reason (writes nothing)"]),
+    route!("/api/campaigns/{key}/preview", "campaigns", ["POST" => "The mail as recipients get it, with placeholder tokens"]),
 ];
 
 /// The allowed methods of a client route, for its 405 answer.

@@ -1,0 +1,366 @@
+//! Public tracking and unsubscribe endpoints (facts §3.8, with its gaps fixed; no Bearer).
+//!
+//! * `GET /t/o/{token}.gif`: the open pixel. `GET /t/c/{token}?u=&s=`: the click redirect,
+//!   only to the destination our signature `s` names. A token we did not sign is refused
+//!   before any database work.
+//! * `GET /unsubscribe/{token}` only shows the page (link scanners unsubscribe nobody);
+//!   `POST` unsubscribes: RFC 8058 one-click (`List-Unsubscribe=One-Click`, the client scope)
+//!   or the page's form with its `scope`.
+//! * Machine traffic is recorded but kept out of the counters: a HEAD request, or a hit
+//!   within [`MACHINE_WINDOW`] of the send (mail scanners and privacy proxies fetch at
+//!   delivery, people do not). Its event carries `machine: true` and why.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, RawForm, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use datamailer_core::tracking::{is_allowed_destination, Purpose};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+
+/// A hit this soon after the send is a machine's.
+pub const MACHINE_WINDOW: Duration = Duration::from_secs(3);
+
+/// The 43-byte transparent GIF.
+const GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+fn gif(status: StatusCode) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (
+                header::CACHE_CONTROL,
+                "no-store, no-cache, must-revalidate, max-age=0",
+            ),
+            (header::PRAGMA, "no-cache"),
+        ],
+        GIF.as_slice(),
+    )
+        .into_response()
+}
+
+/// 302, as the original answers.
+fn found(url: &str) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, url)]).into_response()
+}
+
+fn invalid_redirect() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {"code": "invalid_tracking_redirect"}})),
+    )
+        .into_response()
+}
+
+/// Opens and clicks: the row's counters, the campaign's (unique ones on the first hit), and
+/// the event, in one statement; a machine hit only writes its event.
+const ENGAGE_SQL: &str = "
+WITH r AS (
+    SELECT id, campaign_id, contact_id, first_opened_at IS NULL AS first_open,
+           first_clicked_at IS NULL AS first_click,
+           ($3 OR sent_at IS NOT NULL AND sent_at > now() - make_interval(secs => $4)) AS machine
+      FROM campaign_recipients WHERE id = $1
+),
+counted AS (
+    UPDATE campaign_recipients cr
+       SET open_count = cr.open_count + CASE WHEN $2 = 'open' THEN 1 ELSE 0 END,
+           first_opened_at = CASE WHEN $2 = 'open' THEN coalesce(cr.first_opened_at, now()) ELSE cr.first_opened_at END,
+           click_count = cr.click_count + CASE WHEN $2 = 'click' THEN 1 ELSE 0 END,
+           first_clicked_at = CASE WHEN $2 = 'click' THEN coalesce(cr.first_clicked_at, now()) ELSE cr.first_clicked_at END,
+           updated_at = now()
+      FROM r WHERE cr.id = r.id AND NOT r.machine
+    RETURNING cr.id
+),
+campaign AS (
+    UPDATE campaigns c
+       SET open_count = c.open_count + CASE WHEN $2 = 'open' THEN 1 ELSE 0 END,
+           unique_open_count = c.unique_open_count + CASE WHEN $2 = 'open' AND r.first_open THEN 1 ELSE 0 END,
+           click_count = c.click_count + CASE WHEN $2 = 'click' THEN 1 ELSE 0 END,
+           unique_click_count = c.unique_click_count + CASE WHEN $2 = 'click' AND r.first_click THEN 1 ELSE 0 END,
+           updated_at = now()
+      FROM r WHERE c.id = r.campaign_id AND EXISTS (SELECT 1 FROM counted)
+    RETURNING c.client_id, c.audience_id
+)
+INSERT INTO email_events (campaign_id, campaign_recipient_id, contact_id, client_id, audience_id,
+                          event_type, url, metadata)
+SELECT r.campaign_id, r.id, r.contact_id, c.client_id, c.audience_id, $2, $5,
+       CASE WHEN r.machine THEN jsonb_build_object('machine', true, 'why', $6::text) ELSE '{}'::jsonb END
+  FROM r JOIN campaigns c ON c.id = r.campaign_id
+RETURNING 1";
+
+async fn engage(
+    state: &AppState,
+    recipient: i64,
+    kind: &str,
+    head: bool,
+    url: &str,
+) -> Result<bool, sqlx::Error> {
+    let why = if head {
+        "head_request"
+    } else {
+        "within_seconds_of_send"
+    };
+    let row = sqlx::query(ENGAGE_SQL)
+        .bind(recipient)
+        .bind(kind)
+        .bind(head)
+        .bind(MACHINE_WINDOW.as_secs_f64())
+        .bind(url)
+        .bind(why)
+        .fetch_optional(&state.db)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// `GET /t/o/{token}.gif` (HEAD too, as a machine hit).
+pub async fn open_pixel(
+    State(state): State<AppState>,
+    method: Method,
+    Path(file): Path<String>,
+) -> Response {
+    let Some(token) = file.strip_suffix(".gif") else {
+        return gif(StatusCode::NOT_FOUND);
+    };
+    let Ok(keys) = state.tracking_keys().await else {
+        return gif(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let Some(recipient) = keys.verify(Purpose::Tracking, token) else {
+        return gif(StatusCode::NOT_FOUND);
+    };
+    match engage(&state, recipient, "open", method == Method::HEAD, "").await {
+        Ok(true) => gif(StatusCode::OK),
+        Ok(false) => gif(StatusCode::NOT_FOUND),
+        Err(e) => {
+            tracing::error!(error = %e, "recording an open failed");
+            gif(StatusCode::OK)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ClickQuery {
+    #[serde(default)]
+    u: String,
+    #[serde(default)]
+    s: String,
+}
+
+/// `GET /t/c/{token}?u=&s=`: 302 to `u`, if we signed it for this token.
+pub async fn click(
+    State(state): State<AppState>,
+    method: Method,
+    Path(token): Path<String>,
+    Query(q): Query<ClickQuery>,
+) -> Response {
+    if !is_allowed_destination(&q.u) {
+        return invalid_redirect();
+    }
+    let Ok(keys) = state.tracking_keys().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let Some(recipient) = keys.verify(Purpose::Tracking, &token) else {
+        return invalid_redirect();
+    };
+    if !keys.verify_click(&token, &q.u, &q.s) {
+        return invalid_redirect();
+    }
+    match engage(&state, recipient, "click", method == Method::HEAD, &q.u).await {
+        Ok(true) => found(&q.u),
+        Ok(false) => invalid_redirect(),
+        Err(e) => {
+            // The visitor still gets where the link goes.
+            tracing::error!(error = %e, "recording a click failed");
+            found(&q.u)
+        }
+    }
+}
+
+/// Who an unsubscribe token names.
+#[derive(sqlx::FromRow)]
+struct Recipient {
+    id: i64,
+    email: String,
+    client_name: String,
+    audience_name: String,
+}
+
+async fn recipient_for(state: &AppState, token: &str) -> Option<Recipient> {
+    let keys = state.tracking_keys().await.ok()?;
+    let id = keys.verify(Purpose::Unsubscribe, token)?;
+    sqlx::query_as(
+        "SELECT r.id, r.email, cl.name AS client_name, a.name AS audience_name
+           FROM campaign_recipients r
+           JOIN campaigns c ON c.id = r.campaign_id
+           JOIN clients cl ON cl.id = c.client_id
+           JOIN audiences a ON a.id = c.audience_id
+          WHERE r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await
+    .ok()
+    .flatten()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head><body><main><h1>{title}</h1>{body}</main></body></html>"
+    )
+}
+
+fn gone() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(page(
+            "Link not available",
+            "<p>This unsubscribe link is no longer available.</p>",
+        )),
+    )
+        .into_response()
+}
+
+fn form(r: &Recipient, status: StatusCode, note: &str) -> Response {
+    let options = [
+        ("client", format!("Emails from {}", escape(&r.client_name))),
+        ("audience", format!("Everything about {}", escape(&r.audience_name))),
+        ("global", "All email from us".to_string()),
+    ]
+    .iter()
+    .map(|(value, label)| {
+        let checked = if *value == "client" { " checked" } else { "" };
+        format!("<label><input type=\"radio\" name=\"scope\" value=\"{value}\"{checked}> {label}</label><br>")
+    })
+    .collect::<String>();
+    let body = format!(
+        "{note}<p>Unsubscribe <strong>{}</strong> from:</p><form method=\"post\">{options}<button type=\"submit\">Unsubscribe</button></form>",
+        escape(&r.email)
+    );
+    (status, Html(page("Unsubscribe", &body))).into_response()
+}
+
+/// `GET /unsubscribe/{token}`: the page only.
+pub async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Response {
+    match recipient_for(&state, &token).await {
+        Some(r) => form(&r, StatusCode::OK, ""),
+        None => gone(),
+    }
+}
+
+/// The unsubscribe in one statement: the contact or subscription by scope, the recipient,
+/// the campaign's counter (first time only), the event.
+const UNSUBSCRIBE_SQL: &str = "
+WITH r AS (
+    SELECT r.id, r.campaign_id, r.contact_id, r.status <> 'unsubscribed' AS first,
+           c.client_id, c.audience_id
+      FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id WHERE r.id = $1
+),
+global AS (
+    UPDATE contacts ct SET global_unsubscribed_at = coalesce(ct.global_unsubscribed_at, now()),
+           updated_at = now()
+      FROM r WHERE $2 = 'global' AND ct.id = r.contact_id RETURNING 1
+),
+audience_level AS (
+    INSERT INTO subscriptions (contact_id, audience_id, client_id, status, unsubscribed_at, unsubscribe_reason)
+    SELECT contact_id, audience_id, NULL, 'unsubscribed', now(), 'public_unsubscribe' FROM r WHERE $2 = 'audience'
+    ON CONFLICT (contact_id, audience_id) WHERE client_id IS NULL DO UPDATE
+       SET status = 'unsubscribed', unsubscribed_at = now(), unsubscribe_reason = 'public_unsubscribe',
+           updated_at = now()
+    RETURNING 1
+),
+client_level AS (
+    INSERT INTO subscriptions (contact_id, audience_id, client_id, status, unsubscribed_at, unsubscribe_reason)
+    SELECT contact_id, audience_id, client_id, 'unsubscribed', now(), 'public_unsubscribe' FROM r WHERE $2 = 'client'
+    ON CONFLICT (contact_id, audience_id, client_id) DO UPDATE
+       SET status = 'unsubscribed', unsubscribed_at = now(), unsubscribe_reason = 'public_unsubscribe',
+           updated_at = now()
+    RETURNING 1
+),
+recipient AS (
+    UPDATE campaign_recipients cr SET status = 'unsubscribed', updated_at = now()
+      FROM r WHERE cr.id = r.id RETURNING 1
+),
+campaign AS (
+    UPDATE campaigns c SET unsubscribe_count = c.unsubscribe_count + 1, updated_at = now()
+      FROM r WHERE c.id = r.campaign_id AND r.first RETURNING 1
+)
+INSERT INTO email_events (campaign_id, campaign_recipient_id, contact_id, client_id, audience_id,
+                          event_type, metadata)
+SELECT campaign_id, id, contact_id, client_id, audience_id, 'unsubscribe',
+       jsonb_build_object('scope', $2::text, 'one_click', $3)
+  FROM r";
+
+/// `POST /unsubscribe/{token}`: one-click (RFC 8058) or the page's form.
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    RawForm(form_body): RawForm,
+) -> Response {
+    let Some(recipient) = recipient_for(&state, &token).await else {
+        return gone();
+    };
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&form_body).into_owned().collect();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let one_click = field("List-Unsubscribe") == Some("One-Click");
+    let scope = match (one_click, field("scope")) {
+        (true, _) => "client",
+        (false, Some(s @ ("client" | "audience" | "global"))) => s,
+        _ => {
+            return form(
+                &recipient,
+                StatusCode::BAD_REQUEST,
+                "<p>Please choose what to unsubscribe from.</p>",
+            )
+        }
+    };
+    if let Err(e) = sqlx::query(UNSUBSCRIBE_SQL)
+        .bind(recipient.id)
+        .bind(scope)
+        .bind(one_click)
+        .execute(&state.db)
+        .await
+    {
+        tracing::error!(error = %e, "an unsubscribe failed");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Html(page(
+                "Please try again",
+                "<p>We could not record this right now.</p>",
+            )),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        Html(page(
+            "Unsubscribed",
+            &format!(
+                "<p><strong>{}</strong> will not receive these emails any more.</p>",
+                escape(&recipient.email)
+            ),
+        )),
+    )
+        .into_response()
+}
