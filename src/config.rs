@@ -32,10 +32,23 @@ pub struct Config {
     pub aws_region: String,
     pub aws_endpoint_url: Option<String>,
     pub ses_configuration_set: Option<String>,
+    /// Campaign sending: recipients per batch (`DATAMAILER_CAMPAIGN_BATCH_SIZE`, 100), a
+    /// claim's lease (`DATAMAILER_CAMPAIGN_LEASE_SECONDS`, 900) and the age past which a
+    /// pending recipient's batch counts as lost (`DATAMAILER_CAMPAIGN_BATCH_HORIZON_SECONDS`,
+    /// 900).
+    pub campaign_batch_size: usize,
+    pub campaign_lease: std::time::Duration,
+    pub campaign_batch_horizon: std::time::Duration,
     /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: a mailto in campaign mail's List-Unsubscribe header.
     pub unsubscribe_mailto: Option<String>,
     /// Sends per second for SES; `None` disables the limiter.
     pub ses_max_send_rate: Option<f64>,
+    /// `DATAMAILER_SES_RATE_SCOPE`: `account` (default; the rate holds across every process,
+    /// through Postgres) or `process`.
+    pub ses_rate_shared: bool,
+    /// `DATAMAILER_SES_DAILY_RESERVE`: the share of SES's 24-hour quota campaign mail leaves
+    /// for transactional mail (default 0.1).
+    pub ses_daily_reserve: f64,
     /// `DATAMAILER_SES_TIMEOUT_SECONDS`: the most one SES call may take.
     pub ses_timeout: std::time::Duration,
     pub queue_backend: QueueBackend,
@@ -141,6 +154,35 @@ impl Config {
                 MailerKind::Capture
             }
         };
+        let ses_rate_shared = match var("DATAMAILER_SES_RATE_SCOPE").as_deref() {
+            None | Some("account") => true,
+            Some("process") => false,
+            Some(other) => {
+                errors.push(format!(
+                    "DATAMAILER_SES_RATE_SCOPE: '{other}' must be account or process"
+                ));
+                true
+            }
+        };
+        let ses_daily_reserve = match var("DATAMAILER_SES_DAILY_RESERVE") {
+            None => 0.1,
+            Some(raw) => match raw.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    errors.push(format!(
+                        "DATAMAILER_SES_DAILY_RESERVE: '{raw}' must be a share from 0 to 1"
+                    ));
+                    0.1
+                }
+            },
+        };
+        if let Some(mailto) = var("DATAMAILER_UNSUBSCRIBE_MAILTO") {
+            if !datamailer_core::email::is_valid(&mailto) {
+                errors.push(format!(
+                    "DATAMAILER_UNSUBSCRIBE_MAILTO: '{mailto}' is not an email address"
+                ));
+            }
+        }
         let db_max_connections = match var("DATAMAILER_DB_MAX_CONNECTIONS") {
             None => 8,
             Some(raw) => match raw.parse::<usize>() {
@@ -202,6 +244,36 @@ impl Config {
                 None
             }
         };
+        let seconds = |name: &str, default: u64, errors: &mut Vec<String>| match var(name) {
+            None => std::time::Duration::from_secs(default),
+            Some(raw) => match raw.parse::<f64>() {
+                Ok(n) if n > 0.0 && n <= 86_400.0 => std::time::Duration::from_secs_f64(n),
+                _ => {
+                    errors.push(format!(
+                        "{name}: '{raw}' must be a number of seconds above 0 and at most 86400"
+                    ));
+                    std::time::Duration::from_secs(default)
+                }
+            },
+        };
+        let campaign_lease = seconds("DATAMAILER_CAMPAIGN_LEASE_SECONDS", 900, &mut errors);
+        let campaign_batch_horizon = seconds(
+            "DATAMAILER_CAMPAIGN_BATCH_HORIZON_SECONDS",
+            900,
+            &mut errors,
+        );
+        let campaign_batch_size = match var("DATAMAILER_CAMPAIGN_BATCH_SIZE") {
+            None => 100,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=500).contains(&n) => n,
+                _ => {
+                    errors.push(format!(
+                        "DATAMAILER_CAMPAIGN_BATCH_SIZE: '{raw}' must be a whole number from 1 to 500"
+                    ));
+                    100
+                }
+            },
+        };
         let default_webhook_timeout = std::time::Duration::from_secs(3);
         let cmp_webhook_timeout = match var("CMP_WEBHOOK_TIMEOUT_SECONDS") {
             None => default_webhook_timeout,
@@ -227,6 +299,11 @@ impl Config {
             ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
             unsubscribe_mailto: var("DATAMAILER_UNSUBSCRIBE_MAILTO"),
             ses_max_send_rate,
+            ses_rate_shared,
+            ses_daily_reserve,
+            campaign_batch_size,
+            campaign_lease,
+            campaign_batch_horizon,
             ses_timeout,
             queue_backend,
             mailer,

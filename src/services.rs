@@ -12,6 +12,7 @@ use datamailer_core::queue::QueueName;
 use datamailer_runtime::control::QueueControl;
 use datamailer_runtime::db::{Db, PoolSettings};
 use datamailer_runtime::mailer::capture::CaptureMailer;
+use datamailer_runtime::mailer::schedule::SharedSchedule;
 use datamailer_runtime::mailer::ses::{self, SesMailer};
 use datamailer_runtime::mailer::{Mailer, SendLimiter, Sender};
 use datamailer_runtime::maintenance::{self, Maintainer};
@@ -68,7 +69,15 @@ impl Services {
                 config.ses_timeout,
             ))),
         };
-        let sender = Sender::new(mailer, SendLimiter::new(config.ses_max_send_rate));
+        let mut sender = Sender::new(mailer, SendLimiter::new(config.ses_max_send_rate));
+        if config.mailer == MailerKind::Ses {
+            sender = sender.with_quota_reserve(config.ses_daily_reserve);
+            if let (true, Some(rate)) = (config.ses_rate_shared, config.ses_max_send_rate) {
+                if rate > 0.0 {
+                    sender = sender.with_shared_schedule(SharedSchedule::new(db.clone(), rate));
+                }
+            }
+        }
         let breakers = QueueName::ALL
             .into_iter()
             .map(|q| {
@@ -105,6 +114,9 @@ impl Services {
             webhooks: self.webhooks.clone(),
             public_base_url: self.config.public_base_url.clone(),
             unsubscribe_mailto: self.config.unsubscribe_mailto.clone(),
+            campaign_batch_size: self.config.campaign_batch_size,
+            campaign_lease: self.config.campaign_lease,
+            campaign_batch_horizon: self.config.campaign_batch_horizon,
         }
     }
 

@@ -33,6 +33,10 @@ pub struct Deps {
     pub public_base_url: String,
     /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: the mailto of campaign mail's List-Unsubscribe.
     pub unsubscribe_mailto: Option<String>,
+    /// Campaign batch size, lease and batch horizon (configuration).
+    pub campaign_batch_size: usize,
+    pub campaign_lease: Duration,
+    pub campaign_batch_horizon: Duration,
 }
 
 impl Deps {
@@ -41,6 +45,9 @@ impl Deps {
         settings.default_from_email = self.default_from_email.clone();
         settings.configuration_set = self.configuration_set.clone();
         settings.unsubscribe_mailto = self.unsubscribe_mailto.clone();
+        settings.batch_size = self.campaign_batch_size;
+        settings.lease = self.campaign_lease;
+        settings.batch_horizon = self.campaign_batch_horizon;
         settings
     }
 }

@@ -7,6 +7,9 @@
   artificial latency (an asyncio sleep per request: latency does not cap throughput).
 * `GET /stats` -> `{"requests": n, "sends": n, "errors": n, "uptime_s": s}`; `POST /reset`
   zeroes the counters.
+* `GET /sends` -> `{"times": [unix seconds of each accepted send, in order]}` (rate checks).
+* `GET /v2/email/account` (SES v2 `GetAccount`) -> the `SendQuota` given by `--max-send-rate`,
+  `--max-24-hour-send` and `--sent-last-24-hours`.
 * Anything else -> 404 with an SES-shaped error.
 * `--fail-every N` answers every Nth send with 429 TooManyRequestsException (exercises the
   sender's throttle retries and the limiter's cool-down).
@@ -25,6 +28,8 @@ import sys
 import time
 
 STATS = {"requests": 0, "sends": 0, "errors": 0}
+SEND_TIMES = []
+QUOTA = {"Max24HourSend": 50000.0, "MaxSendRate": 14.0, "SentLast24Hours": 0.0}
 STARTED = time.monotonic()
 PID = os.getpid()
 COUNTER = 0
@@ -85,14 +90,21 @@ class FakeSes(asyncio.Protocol):
                                "TooManyRequestsException")
             else:
                 STATS["sends"] += 1
+                SEND_TIMES.append(time.time())
                 out = response(200, "OK", {"MessageId": f"fake-{PID}-{n:010d}"})
             self.emit(out, self.latency)
         elif method == b"GET" and path == b"/stats":
             snap = dict(STATS, uptime_s=round(time.monotonic() - STARTED, 3))
             self.emit(response(200, "OK", snap), 0)
+        elif method == b"GET" and path == b"/sends":
+            self.emit(response(200, "OK", {"times": SEND_TIMES}), 0)
+        elif method == b"GET" and path.rstrip(b"/") == b"/v2/email/account":
+            self.emit(response(200, "OK", {"SendQuota": QUOTA, "SendingEnabled": True,
+                                           "ProductionAccessEnabled": True}), 0)
         elif method == b"POST" and path == b"/reset":
             for k in STATS:
                 STATS[k] = 0
+            SEND_TIMES.clear()
             self.emit(response(200, "OK", {"ok": True}), 0)
         else:
             STATS["errors"] += 1
@@ -127,7 +139,12 @@ def main():
     p.add_argument("--port", type=int, default=4599)
     p.add_argument("--latency-ms", type=float, default=0.0, help="artificial latency per send")
     p.add_argument("--fail-every", type=int, default=0, help="answer every Nth send with 429 throttling")
+    p.add_argument("--max-send-rate", type=float, default=14.0, help="GetAccount's MaxSendRate")
+    p.add_argument("--max-24-hour-send", type=float, default=50000.0, help="GetAccount's Max24HourSend")
+    p.add_argument("--sent-last-24-hours", type=float, default=0.0, help="GetAccount's SentLast24Hours")
     a = p.parse_args()
+    QUOTA.update(MaxSendRate=a.max_send_rate, Max24HourSend=a.max_24_hour_send,
+                 SentLast24Hours=a.sent_last_24_hours)
     FakeSes.latency = a.latency_ms / 1000.0
     FakeSes.fail_every = a.fail_every
     try:

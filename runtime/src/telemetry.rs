@@ -15,6 +15,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const EMITTED_METRICS: &[&str] = &[
     "datamailer_actor_restarts_total",
     "datamailer_campaign_sending_age_seconds",
+    "datamailer_campaign_recipients_sent_total",
+    "datamailer_campaign_pauses_total",
+    "datamailer_ses_campaign_quota_left",
     "datamailer_client_webhook_post_duration_seconds",
     "datamailer_client_webhooks_total",
     "datamailer_db_pool_connections",

@@ -8,7 +8,7 @@ use datamailer_runtime::outbound::OutboundPolicy;
 use datamailer_runtime::tree::{QueueTree, TreeExit};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, QueueBackend};
 use crate::database;
 use crate::services::{self, Services, SHUTDOWN_GRACE};
 
@@ -44,7 +44,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         worker_connections,
         "datamailer serving"
     );
-    let queues = registry::queues_with_workers();
+    let queues = default_queues(&config);
     let result = run_workers(&services, &queues, stop_tx.clone(), stop_rx).await;
     stop_tx.send_replace(true);
     web.await.context("web task")??;
@@ -107,10 +107,21 @@ async fn run_web(
     Ok(())
 }
 
+/// Every queue with a worker, except, on SQS, those whose queue URL is not configured (a host
+/// that works only some queues).
+fn default_queues(config: &Config) -> Vec<QueueName> {
+    registry::queues_with_workers()
+        .into_iter()
+        .filter(|q| {
+            config.queue_backend != QueueBackend::Sqs || config.sqs_queue_urls.contains_key(q)
+        })
+        .collect()
+}
+
 pub async fn worker(config: Config, queues: Vec<String>) -> anyhow::Result<()> {
     database::ensure_database(&config).await?;
     let queues: Vec<QueueName> = if queues.is_empty() {
-        registry::queues_with_workers()
+        default_queues(&config)
     } else {
         queues
             .iter()

@@ -216,8 +216,8 @@ pub async fn load_keys(db: &Db) -> anyhow::Result<TrackingKeys> {
 
 /// Campaigns moving without an operator: scheduled ones fanned out when due, fan-outs whose
 /// message was lost run again, pending recipients whose batch went missing batched again,
-/// finished campaigns marked `sent`, and `datamailer_campaign_sending_age_seconds` (the stuck
-/// campaign alarm's metric) kept current.
+/// and finished campaigns marked `sent`. (The stuck-campaign gauge,
+/// `datamailer_campaign_sending_age_seconds`, is the web host's: `web/src/health.rs`.)
 pub struct CampaignMaintenance {
     pub db: Db,
     pub producer: Producer,
@@ -249,7 +249,7 @@ impl MaintenanceTask for CampaignMaintenance {
     }
 
     fn every(&self) -> Duration {
-        Duration::from_secs(15)
+        Duration::from_secs(5)
     }
 
     async fn run(&self, ctx: &HandlerContext) -> anyhow::Result<TaskReport> {
@@ -276,15 +276,6 @@ impl MaintenanceTask for CampaignMaintenance {
             let id: i64 = row.get(0);
             done += conn.execute(fanout::FINISH_SQL, &[&id]).await?;
         }
-        let age: f64 = conn
-            .query_one(
-                "SELECT coalesce(max(extract(epoch FROM now() - sending_started_at)), 0)::float8
-                   FROM campaigns WHERE status = 'sending'",
-                &[],
-            )
-            .await?
-            .get(0);
-        metrics::gauge!("datamailer_campaign_sending_age_seconds").set(age);
         drop(conn);
 
         let mut batched = 0usize;

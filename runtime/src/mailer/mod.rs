@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod limiter;
 pub mod mime;
+pub mod schedule;
 pub mod ses;
 
 use std::sync::Arc;
@@ -140,6 +141,28 @@ pub trait Mailer: Send + Sync + 'static {
     fn ledger_delay(&self) -> Duration {
         crate::ledger::SES_EVENT_GRACE
     }
+
+    /// The account's sending quota, when the provider has one (SES v2 `GetAccount`).
+    async fn quota(&self) -> Option<anyhow::Result<Quota>> {
+        None
+    }
+}
+
+/// An account's sending quota (SES v2 `GetAccount.SendQuota`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub max_send_rate: f64,
+    pub max_24_hour_send: f64,
+    pub sent_last_24_hours: f64,
+}
+
+/// Campaign mail may use the 24-hour quota down to this reserve (a share of
+/// `Max24HourSend`), which stays for transactional mail.
+#[derive(Debug, Default)]
+struct DailyBudget {
+    /// Campaign recipients that may still go out before the reserve; `None`: no quota known.
+    campaign_left: Option<f64>,
+    refreshed: Option<Instant>,
 }
 
 /// The mailer plus the process-wide limiter and our retry policy for throttling.
@@ -151,7 +174,15 @@ pub struct Sender {
     mailer: Arc<dyn Mailer>,
     limiter: SendLimiter,
     throttle_retries: u32,
+    /// The account-wide rate across processes ([`schedule`]), when configured.
+    shared: Option<schedule::SharedSchedule>,
+    budget: Arc<std::sync::Mutex<DailyBudget>>,
+    /// The share of the 24-hour quota kept for transactional mail, when the quota is read.
+    quota_reserve: Option<f64>,
 }
+
+/// How often the account's quota is read again.
+pub const QUOTA_REFRESH: Duration = Duration::from_secs(300);
 
 /// SES calls one batch keeps in flight (the embedded queue's batches hold up to 50).
 pub const SENDS_IN_FLIGHT: usize = 50;
@@ -162,7 +193,78 @@ impl Sender {
             mailer,
             limiter,
             throttle_retries: 3,
+            shared: None,
+            budget: Arc::default(),
+            quota_reserve: None,
         }
+    }
+
+    /// Reads the account's quota (at the first send, then every [`QUOTA_REFRESH`]) and keeps
+    /// `reserve` of the 24-hour quota for transactional mail.
+    pub fn with_quota_reserve(mut self, reserve: f64) -> Self {
+        self.quota_reserve = Some(reserve);
+        self
+    }
+
+    async fn refresh_quota_if_due(&self) {
+        let Some(reserve) = self.quota_reserve else {
+            return;
+        };
+        let due = {
+            let mut budget = self.budget.lock().expect("budget");
+            let due = budget
+                .refreshed
+                .is_none_or(|at| at.elapsed() >= QUOTA_REFRESH);
+            if due {
+                budget.refreshed = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(e) = self.refresh_quota(reserve).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not read the SES account's quota"
+                );
+            }
+        }
+    }
+
+    /// Paces every send on the account-wide schedule too (see [`schedule`]).
+    pub fn with_shared_schedule(mut self, schedule: schedule::SharedSchedule) -> Self {
+        self.shared = Some(schedule);
+        self
+    }
+
+    /// Reads the account's quota and applies it: the rate is never configured above
+    /// `MaxSendRate`, and campaign mail stops `reserve` (a share of `Max24HourSend`) short of
+    /// the 24-hour quota, which stays for transactional mail. Call at start and on a timer.
+    pub async fn refresh_quota(&self, reserve: f64) -> anyhow::Result<Option<Quota>> {
+        let Some(quota) = self.mailer.quota().await else {
+            return Ok(None);
+        };
+        let quota = quota?;
+        if let Some(rate) = self.limiter.rate() {
+            if quota.max_send_rate > 0.0 && rate > quota.max_send_rate {
+                tracing::warn!(
+                    configured = rate,
+                    max_send_rate = quota.max_send_rate,
+                    "the configured SES rate is above the account's MaxSendRate: using the account's"
+                );
+                self.limiter.set_ceiling(quota.max_send_rate);
+            }
+        }
+        if let Some(shared) = &self.shared {
+            if quota.max_send_rate > 0.0 {
+                shared.cap_rate(quota.max_send_rate);
+            }
+        }
+        let left =
+            quota.max_24_hour_send * (1.0 - reserve.clamp(0.0, 1.0)) - quota.sent_last_24_hours;
+        self.budget.lock().expect("budget").campaign_left =
+            (quota.max_24_hour_send > 0.0).then_some(left);
+        metrics::gauge!("datamailer_ses_campaign_quota_left").set(left.max(0.0));
+        Ok(Some(quota))
     }
 
     pub fn mailer_kind(&self) -> &'static str {
@@ -204,6 +306,7 @@ impl Sender {
             }
             return results;
         }
+        self.refresh_quota_if_due().await;
         // At most SENDS_IN_FLIGHT calls per batch, a new one starting as each finishes; the
         // limiter paces them all, so this only bounds sockets and memory. (A plain loop: a
         // closure-mapped stream here makes the handlers' futures fail the `Send` check.)
@@ -222,6 +325,19 @@ impl Sender {
         results
     }
 
+    /// Takes `n` from the campaign lane's share of the 24-hour quota, if one is known.
+    fn take_campaign_budget(&self, n: u32) -> bool {
+        let mut budget = self.budget.lock().expect("budget");
+        match budget.campaign_left.as_mut() {
+            None => true,
+            Some(left) if *left >= f64::from(n) => {
+                *left -= f64::from(n);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
     async fn send_one(
         &self,
         lane: Lane,
@@ -235,6 +351,25 @@ impl Sender {
                 biased;
                 _ = ctx.stopped() => return Err(not_attempted()),
                 _ = self.limiter.acquire(lane, recipients) => {}
+            }
+            if lane == Lane::Campaign && !self.take_campaign_budget(recipients) {
+                return Err(SendError::Paused {
+                    code: "DailyQuotaReserved".into(),
+                    message: "the rest of the 24-hour SES quota is reserved for transactional mail"
+                        .into(),
+                });
+            }
+            if let Some(shared) = &self.shared {
+                tokio::select! {
+                    biased;
+                    _ = ctx.stopped() => return Err(not_attempted()),
+                    reserved = shared.acquire(lane, recipients) => if let Err(e) = reserved {
+                        return Err(SendError::Transient {
+                            code: "SendScheduleUnavailable".into(),
+                            message: format!("{e:#}"),
+                        });
+                    }
+                }
             }
             let started = Instant::now();
             let result = self.mailer.send(email).await;

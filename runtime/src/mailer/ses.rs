@@ -100,6 +100,22 @@ impl Mailer for SesMailer {
         "ses"
     }
 
+    async fn quota(&self) -> Option<anyhow::Result<super::Quota>> {
+        let result = async {
+            let account = self.client.get_account().send().await?;
+            let quota = account
+                .send_quota()
+                .ok_or_else(|| anyhow::anyhow!("GetAccount answered no SendQuota"))?;
+            anyhow::Ok(super::Quota {
+                max_send_rate: quota.max_send_rate(),
+                max_24_hour_send: quota.max24_hour_send(),
+                sent_last_24_hours: quota.sent_last24_hours(),
+            })
+        }
+        .await;
+        Some(result)
+    }
+
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
         let destination = Destination::builder()
             .set_to_addresses(Some(email.to.clone()))
