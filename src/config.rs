@@ -37,6 +37,9 @@ pub struct Config {
     /// pending recipient's batch counts as lost (`DATAMAILER_CAMPAIGN_BATCH_HORIZON_SECONDS`,
     /// 900).
     pub campaign_batch_size: usize,
+    /// `DATAMAILER_CAMPAIGN_CONCURRENCY`: campaign batches a long-lived worker handles at once
+    /// (default 4; a Lambda environment handles one, its reserved concurrency is the template's).
+    pub campaign_concurrency: usize,
     pub campaign_lease: std::time::Duration,
     pub campaign_batch_horizon: std::time::Duration,
     /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: a mailto in campaign mail's List-Unsubscribe header.
@@ -274,6 +277,18 @@ impl Config {
                 }
             },
         };
+        let campaign_concurrency = match var("DATAMAILER_CAMPAIGN_CONCURRENCY") {
+            None => 4,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => n,
+                _ => {
+                    errors.push(format!(
+                        "DATAMAILER_CAMPAIGN_CONCURRENCY: '{raw}' must be a whole number from 1 to 64"
+                    ));
+                    4
+                }
+            },
+        };
         let default_webhook_timeout = std::time::Duration::from_secs(3);
         let cmp_webhook_timeout = match var("CMP_WEBHOOK_TIMEOUT_SECONDS") {
             None => default_webhook_timeout,
@@ -302,6 +317,7 @@ impl Config {
             ses_rate_shared,
             ses_daily_reserve,
             campaign_batch_size,
+            campaign_concurrency,
             campaign_lease,
             campaign_batch_horizon,
             ses_timeout,

@@ -160,7 +160,10 @@ impl Services {
             self.source(queue).await?,
             registry::handler(queue, &self.deps())?,
         );
-        spec.concurrency = qs.concurrency;
+        spec.concurrency = match queue {
+            QueueName::CampaignEmail => self.config.campaign_concurrency,
+            _ => qs.concurrency,
+        };
         if let Some(n) = qs.batch_size {
             spec.batch_size = n;
         }

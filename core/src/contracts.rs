@@ -328,19 +328,54 @@ impl CampaignFanoutV1 {
     }
 }
 
-/// What the campaign-email queue carries: a batch to send, or a campaign to fan out.
+/// `campaign-test-send` v1, on the campaign-email queue: send the campaign to the rows of
+/// `campaign_test_sends` named here (ours; the original sent test mail from the web request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignTestSendV1 {
+    pub campaign_id: i64,
+    pub test_send_ids: Vec<i64>,
+}
+
+impl CampaignTestSendV1 {
+    pub const CONTRACT: &'static str = "campaign-test-send";
+
+    pub fn from_value(value: &Value) -> Result<Self, ContractError> {
+        let env = Envelope::open(value, Self::CONTRACT)?;
+        Ok(CampaignTestSendV1 {
+            campaign_id: env.required_int("campaign_id")?,
+            test_send_ids: env.required_ids("test_send_ids")?,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        Payload::new(Self::CONTRACT)
+            .set("campaign_id", self.campaign_id)
+            .set("test_send_ids", self.test_send_ids.clone())
+            .to_json()
+    }
+}
+
+/// What the campaign-email queue carries: a batch to send, a campaign to fan out, or test
+/// sends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CampaignQueueMessage {
     Batch(CampaignEmailV1),
     Fanout(CampaignFanoutV1),
+    TestSend(CampaignTestSendV1),
 }
 
 impl CampaignQueueMessage {
     /// By its `contract`; the error of a batch when the contract is neither.
     pub fn parse(body: &str) -> Result<Self, ContractError> {
         let value = decode(body)?;
-        if value.get("contract").and_then(Value::as_str) == Some(CampaignFanoutV1::CONTRACT) {
-            return CampaignFanoutV1::from_value(&value).map(CampaignQueueMessage::Fanout);
+        match value.get("contract").and_then(Value::as_str) {
+            Some(CampaignFanoutV1::CONTRACT) => {
+                return CampaignFanoutV1::from_value(&value).map(CampaignQueueMessage::Fanout)
+            }
+            Some(CampaignTestSendV1::CONTRACT) => {
+                return CampaignTestSendV1::from_value(&value).map(CampaignQueueMessage::TestSend)
+            }
+            _ => {}
         }
         CampaignEmailV1::from_value(&value).map(CampaignQueueMessage::Batch)
     }

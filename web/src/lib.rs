@@ -359,6 +359,13 @@ fn campaign_routes() -> Router<AppState> {
             ),
         )
         .route(
+            "/api/campaigns/{key}/test-send",
+            api_route(
+                post(campaigns::test_send_campaign),
+                openapi::methods("/api/campaigns/{key}/test-send"),
+            ),
+        )
+        .route(
             "/api/campaigns/{key}/preview",
             api_route(
                 post(campaigns::preview_campaign),

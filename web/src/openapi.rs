@@ -64,6 +64,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("/api/campaigns/{key}/resume", "campaigns", ["POST" => "Resume a paused campaign"]),
     route!("/api/campaigns/{key}/estimate", "campaigns", ["POST" => "Who the snapshot would reach now, by skip reason (writes nothing)"]),
     route!("/api/campaigns/{key}/preview", "campaigns", ["POST" => "The mail as recipients get it, with placeholder tokens"]),
+    route!("/api/campaigns/{key}/test-send", "campaigns", ["POST" => "Send the campaign to 1-25 test addresses (inert links)"]),
 ];
 
 /// The allowed methods of a client route, for its 405 answer.

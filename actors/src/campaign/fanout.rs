@@ -42,7 +42,7 @@ WITH inserted AS (
 UPDATE campaigns
    SET recipient_count = recipient_count + (SELECT count(*) FROM inserted WHERE status = 'pending'),
        skipped_count = skipped_count + (SELECT count(*) FROM inserted WHERE status = 'skipped'),
-       status = 'sending', snapshot_finished_at = now(),
+       status = 'sending', snapshot_finished_at = clock_timestamp(),
        sending_started_at = coalesce(sending_started_at, now()), updated_at = now()
  WHERE id = $1 AND status = 'snapshotting'
 RETURNING (SELECT count(*) FROM inserted)";

@@ -11,6 +11,7 @@
 
 pub mod fanout;
 mod send;
+mod test_send;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -169,6 +170,7 @@ impl CampaignHandler {
                 None => Outcome::DeadLetter(format!("campaign {} does not exist", f.campaign_id)),
             }),
             CampaignQueueMessage::Batch(b) => self.send_batch(ctx, b).await,
+            CampaignQueueMessage::TestSend(t) => self.test_send(ctx, t).await,
         };
         result.unwrap_or_else(|e| {
             let why = format!("{e:#}");

@@ -6,8 +6,9 @@
 //!    campaign's are ignored, not fatal: one bad recipient never fails its batch.
 //! 2. Recipients whose lease expired (their worker died around the SES call) are reclaimed and
 //!    reconciled against the send ledger before they may be sent again.
-//! 3. Sends go out in small chunks through the shared sender (campaign lane); between chunks
-//!    the campaign's status is read again, so pause and cancel take effect within one chunk.
+//! 3. Sends go out in chunks of about a second's sending through the shared sender (campaign
+//!    lane); between chunks the campaign's status is read again, so pause and cancel take
+//!    effect within a second.
 //! 4. One statement records every result (fenced by the attempt counter), moves the counters
 //!    by increments and appends the events. Rows not sent go back to `pending`.
 
@@ -23,8 +24,14 @@ use datamailer_runtime::{HandlerContext, Outcome};
 
 use super::{CampaignHandler, PreparedCampaign, KIND};
 
-/// Recipients sent between two looks at the campaign's status.
-const CHUNK: usize = 10;
+/// Recipients sent between two looks at the campaign's status: about a second of sending at
+/// the limiter's rate (at least 10), the whole batch when nothing limits the rate.
+fn chunk_size(rate: Option<f64>) -> usize {
+    match rate {
+        Some(rate) => (rate.ceil() as usize).clamp(10, 1000),
+        None => usize::MAX,
+    }
+}
 
 const CLAIM_SQL: &str = "
 WITH c AS (
@@ -214,13 +221,17 @@ impl CampaignHandler {
         }
 
         let keys = self.keys().await?;
+        let chunk_len = chunk_size(self.sender.limiter().rate());
         let mut outcome = Outcome::Ack;
         let mut pending = claims.into_iter().peekable();
+        let mut first = true;
         while pending.peek().is_some() {
-            if !self.still_sending(campaign_id).await? {
+            // The claim has just checked the campaign; later chunks look again.
+            if !first && !self.still_sending(campaign_id).await? {
                 break;
             }
-            let chunk: Vec<Claim> = pending.by_ref().take(CHUNK).collect();
+            first = false;
+            let chunk: Vec<Claim> = pending.by_ref().take(chunk_len).collect();
             let emails: Vec<OutgoingEmail> = chunk
                 .iter()
                 .map(|c| self.email_for(&campaign, keys, c))
@@ -295,7 +306,18 @@ impl CampaignHandler {
         keys: &TrackingKeys,
         claim: &Claim,
     ) -> OutgoingEmail {
-        let (tracking, unsubscribe) = recipient_tokens(keys, claim.id);
+        self.email_to(campaign, keys, claim.id, &claim.email)
+    }
+
+    /// The campaign's mail to `to`, with the tokens of `recipient_id`.
+    pub(super) fn email_to(
+        &self,
+        campaign: &PreparedCampaign,
+        keys: &TrackingKeys,
+        recipient_id: i64,
+        to: &str,
+    ) -> OutgoingEmail {
+        let (tracking, unsubscribe) = recipient_tokens(keys, recipient_id);
         let (html, text) = campaign.body.render(
             &self.settings.public_base_url,
             keys,
@@ -305,7 +327,7 @@ impl CampaignHandler {
         let links = recipient_links(&self.settings.public_base_url, &tracking, &unsubscribe);
         OutgoingEmail {
             from: campaign.from.clone(),
-            to: vec![claim.email.clone()],
+            to: vec![to.to_string()],
             cc: Vec::new(),
             bcc: Vec::new(),
             reply_to: Vec::new(),
@@ -319,7 +341,7 @@ impl CampaignHandler {
             parts: Vec::new(),
             tags: vec![
                 (KIND_TAG.into(), KIND.into()),
-                (ID_TAG.into(), claim.id.to_string()),
+                (ID_TAG.into(), recipient_id.to_string()),
                 ("datamailer_campaign".into(), campaign.id.to_string()),
             ],
             configuration_set: self.settings.configuration_set.clone(),

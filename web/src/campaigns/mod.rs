@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use datamailer_core::campaign::{PreparedBody, PREVIEW_TRACKING_TOKEN, PREVIEW_UNSUBSCRIBE_TOKEN};
-use datamailer_core::contracts::CampaignFanoutV1;
+use datamailer_core::contracts::{CampaignFanoutV1, CampaignTestSendV1};
 use datamailer_core::queue::QueueName;
 use datamailer_core::reasons::Reason;
 use datamailer_runtime::producer::PG_ENQUEUE_SQL;
@@ -534,4 +534,115 @@ pub async fn preview_campaign(
             "text_body": text,
         }
     })))
+}
+
+/// How long `test-send` waits for the campaign tree to send.
+const TEST_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The `emails` of a test send: 1 to 25 addresses, normalized, deduplicated, sorted (facts
+/// §4.8), or the original's errors.
+fn test_emails(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let list = match value {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => return Err(ApiError::field("emails", Reason::Required)),
+    };
+    if list.len() > 25 {
+        return Err(ApiError::field("emails", Reason::TooMany));
+    }
+    let mut emails = Vec::new();
+    let mut errors = Vec::new();
+    for (index, item) in list.iter().enumerate() {
+        match item.as_str().map(datamailer_core::fields::py_strip) {
+            None | Some("") => errors.push(json!({"index": index, "error": "required"})),
+            Some(email) if !datamailer_core::email::is_valid(email) => {
+                errors.push(json!({"index": index, "email": email, "error": "invalid"}))
+            }
+            Some(email) => emails.push(datamailer_core::email::normalize(email)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Custom(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"code": "validation_error", "fields": {"emails": errors}}}),
+        ));
+    }
+    emails.sort();
+    emails.dedup();
+    Ok(emails)
+}
+
+/// `POST /api/campaigns/{key}/test-send {emails}` → 202 `{campaign, sent_count, recipients:
+/// [{email, message_id}]}`. The campaign-email tree sends (the web holds no SES permission);
+/// the request waits for it (up to 15 s; a send still queued then answers `message_id: null`).
+pub async fn test_send_campaign(
+    State(state): State<AppState>,
+    auth: AuthClient,
+    Path(key): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let key = model::external_key(&key)?;
+    let data = as_map(&body);
+    let scope = campaign_scope(&state, &auth, data).await?;
+    let mut tx = state.db.begin().await?;
+    let row = find(&mut tx, &scope, &key, false).await?;
+    let emails = test_emails(data.get("emails"))?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO campaign_test_sends (campaign_id, email)
+         SELECT $1, e FROM unnest($2::text[]) AS e RETURNING id",
+    )
+    .bind(row.id)
+    .bind(&emails)
+    .fetch_all(&mut *tx)
+    .await?;
+    let message = CampaignTestSendV1 {
+        campaign_id: row.id,
+        test_send_ids: ids.clone(),
+    }
+    .to_json();
+    let after_commit = if state.producer.writes_in_transaction() {
+        sqlx::query(PG_ENQUEUE_SQL)
+            .bind(QueueName::CampaignEmail.as_str())
+            .bind(&message)
+            .execute(&mut *tx)
+            .await?;
+        None
+    } else {
+        Some(message)
+    };
+    tx.commit().await?;
+    send_after_commit(&state, after_commit).await;
+
+    let started = tokio::time::Instant::now();
+    let results = loop {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT email, status, ses_message_id FROM campaign_test_sends
+              WHERE id = ANY ($1) ORDER BY email",
+        )
+        .bind(&ids)
+        .fetch_all(&state.db)
+        .await?;
+        if rows.iter().all(|(_, status, _)| status != "queued")
+            || started.elapsed() > TEST_SEND_WAIT
+        {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let sent = results.iter().filter(|(_, s, _)| s == "sent").count();
+    let recipients: Vec<Value> = results
+        .iter()
+        .map(|(email, status, id)| {
+            let mut r = json!({"email": email, "message_id": (status == "sent").then_some(id)});
+            if status != "sent" {
+                r["status"] = json!(status);
+            }
+            r
+        })
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"campaign": payload(&row, &scope), "sent_count": sent, "recipients": recipients}),
+        ),
+    ))
 }
