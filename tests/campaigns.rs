@@ -591,3 +591,199 @@ async fn two_sending_processes_hold_the_configured_rate_together() {
     );
     db.drop_db().await;
 }
+
+/// One contact per skip rule (facts §3.4, §6.4), by email; the rules as `estimate` (and so the
+/// snapshot, which shares them) applies them, then tag and list filters.
+#[tokio::test]
+async fn each_skip_rule_and_the_tag_and_list_filters_as_the_original() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let scope = provision(&db.pool, "news@example.com").await;
+    let client = scope.client_id;
+    sqlx::raw_sql(&format!(
+        "WITH a AS (SELECT id FROM audiences WHERE slug = 'news'),
+         c AS (INSERT INTO contacts (email, normalized_email, verified_at, global_unsubscribed_at,
+                                     hard_bounced_at, complained_at, email_validation_status)
+               VALUES ('ok@x.test', 'ok@x.test', now(), NULL, NULL, NULL, 'unknown'),
+                      ('unverified@x.test', 'unverified@x.test', NULL, NULL, NULL, NULL, 'unknown'),
+                      ('global@x.test', 'global@x.test', now(), now(), NULL, NULL, 'unknown'),
+                      ('clientunsub@x.test', 'clientunsub@x.test', now(), NULL, NULL, NULL, 'unknown'),
+                      ('audunsub@x.test', 'audunsub@x.test', now(), NULL, NULL, NULL, 'unknown'),
+                      ('bounced@x.test', 'bounced@x.test', now(), NULL, now(), NULL, 'unknown'),
+                      ('complained@x.test', 'complained@x.test', now(), NULL, NULL, now(), 'unknown'),
+                      ('nomx@x.test', 'nomx@x.test', now(), NULL, NULL, NULL, 'no_mx'),
+                      ('pending@x.test', 'pending@x.test', now(), NULL, NULL, NULL, 'unknown'),
+                      ('nocategory@x.test', 'nocategory@x.test', now(), NULL, NULL, NULL, 'unknown')
+               RETURNING id, email)
+         INSERT INTO subscriptions (contact_id, audience_id, client_id, status)
+         SELECT c.id, a.id, {client},
+                CASE c.email WHEN 'clientunsub@x.test' THEN 'unsubscribed'
+                             WHEN 'pending@x.test' THEN 'pending' ELSE 'subscribed' END
+           FROM c, a;
+         INSERT INTO subscriptions (contact_id, audience_id, client_id, status)
+         SELECT c.id, a.id, NULL, 'unsubscribed' FROM contacts c, audiences a
+          WHERE c.email = 'audunsub@x.test' AND a.slug = 'news';
+         INSERT INTO category_preferences (contact_id, audience_id, client_id, tag, enabled)
+         SELECT c.id, a.id, {client}, 'events', false FROM contacts c, audiences a
+          WHERE c.email = 'nocategory@x.test' AND a.slug = 'news';"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let api = Api {
+        web: start_web(db.pool.clone(), Producer::Postgres, &scope.api_key).await,
+    };
+    let estimate = |body: Value| {
+        let api = &api;
+        async move {
+            let mut put =
+                json!({"audience": "news", "client": "shop", "subject": "S", "text_body": "T"});
+            put.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            let (status, b) = api
+                .call(reqwest::Method::PUT, "/api/campaigns/rules", put)
+                .await;
+            assert!(status == 200 || status == 201, "{b}");
+            let (status, b) = api
+                .post(
+                    "/api/campaigns/rules/estimate",
+                    json!({"audience": "news", "client": "shop"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{b}");
+            b["estimate"]["preview"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["email"].as_str().unwrap().to_string(),
+                        r["skip_reason"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<std::collections::BTreeMap<String, String>>()
+        }
+    };
+    let got = estimate(json!({"category_tag": "Events"})).await;
+    let want: std::collections::BTreeMap<String, String> = [
+        ("ok@x.test", ""),
+        ("unverified@x.test", "unverified"),
+        ("global@x.test", "global_unsubscribe"),
+        ("clientunsub@x.test", "client_unsubscribe"),
+        ("audunsub@x.test", "audience_unsubscribe"),
+        ("bounced@x.test", "hard_bounce"),
+        ("complained@x.test", "complaint"),
+        ("nomx@x.test", "invalid_email"),
+        ("pending@x.test", "suppressed"),
+        ("nocategory@x.test", "client_unsubscribe"),
+    ]
+    .into_iter()
+    .map(|(e, r)| (e.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // Without the category, the disabled preference does not matter.
+    assert_eq!(
+        estimate(json!({"category_tag": ""})).await["nocategory@x.test"],
+        ""
+    );
+
+    // Include needs every tag; exclude removes.
+    sqlx::raw_sql(
+        "INSERT INTO tags (audience_id, name, slug)
+         SELECT id, 'A', 'a' FROM audiences WHERE slug = 'news'
+         UNION ALL SELECT id, 'B', 'b' FROM audiences WHERE slug = 'news';
+         INSERT INTO contact_tags (contact_id, tag_id)
+         SELECT c.id, t.id FROM contacts c, tags t
+          WHERE (c.email = 'ok@x.test' AND t.slug IN ('a', 'b')) OR (c.email = 'pending@x.test' AND t.slug = 'a');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let got = estimate(json!({"include_tags": ["A", "b"], "exclude_tags": []})).await;
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["ok@x.test"]);
+    let got = estimate(json!({"include_tags": ["a"], "exclude_tags": ["b"]})).await;
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["pending@x.test"]);
+    // An include tag that does not exist matches no one.
+    assert!(
+        estimate(json!({"include_tags": ["nope"], "exclude_tags": []}))
+            .await
+            .is_empty()
+    );
+
+    // A recipient list: only its active members.
+    sqlx::raw_sql(&format!(
+        "WITH a AS (SELECT id FROM audiences WHERE slug = 'news'),
+         l AS (INSERT INTO recipient_lists (client_id, audience_id, key) SELECT {client}, a.id, 'vip' FROM a RETURNING id)
+         INSERT INTO recipient_list_members (recipient_list_id, contact_id, email, source_object_key, active)
+         SELECT l.id, c.id, c.email, c.email, c.email = 'ok@x.test' FROM l, contacts c
+          WHERE c.email IN ('ok@x.test', 'bounced@x.test')"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let got = estimate(json!({"include_tags": [], "recipient_list_key": "vip"})).await;
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["ok@x.test"]);
+    db.drop_db().await;
+}
+
+/// `scheduled_at` is honoured (the original stored it and never acted): queued now, fanned
+/// out by maintenance once due, not before.
+#[tokio::test]
+async fn a_scheduled_campaign_starts_when_due_by_maintenance() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let scope = provision(&db.pool, "news@example.com").await;
+    seed_counts(&db.pool, scope.client_id, 30, 0, 0, 0).await;
+    let api = Api {
+        web: start_web(db.pool.clone(), Producer::Postgres, &scope.api_key).await,
+    };
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/campaigns/later",
+            json!({"audience": "news", "client": "shop", "subject": "Later", "text_body": "T",
+                   "scheduled_at": at.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    api.post(
+        "/api/campaigns/later/queue",
+        json!({"audience": "news", "client": "shop"}),
+    )
+    .await;
+    let maintain = || {
+        let out = Command::new(BIN)
+            .args(["maintain", "--once"])
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    maintain();
+    let c = api.campaign("later").await;
+    assert_eq!(c["status"], "queued", "not before it is due: {c}");
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM queue_messages WHERE queue = 'campaign-email'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, 0, "no fan-out message for a scheduled campaign");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    maintain();
+    let c = api.campaign("later").await;
+    assert_eq!(
+        (c["status"].clone(), c["recipient_count"].clone()),
+        (json!("sending"), json!(30)),
+        "{c}"
+    );
+    db.drop_db().await;
+}
