@@ -492,7 +492,7 @@ impl TransactionalHandler {
                         event_type: None,
                         event_metadata: Value::Null,
                     });
-                    outcomes.push((*i, not_sent_outcome(&e)));
+                    outcomes.push((*i, e.not_sent_outcome()));
                 }
             }
         }
@@ -540,37 +540,26 @@ impl TransactionalHandler {
         let event_types: Vec<Option<&str>> = records.iter().map(|r| r.event_type).collect();
         let metas: Vec<&Value> = records.iter().map(|r| &r.event_metadata).collect();
         let tokens: Vec<Option<i32>> = records.iter().map(|r| r.token).collect();
-        let mut last_error = None;
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
-            }
-            let result = async {
-                let conn = self.db.get().await?;
-                let record = conn.prepare_cached(RECORD_SQL).await?;
-                conn.execute(
-                    &record,
-                    &params(&[
-                        &ids,
-                        &statuses,
-                        &ses_ids,
-                        &errors,
-                        &event_types,
-                        &metas,
-                        &now,
-                        &tokens,
-                    ]),
-                )
-                .await?;
-                anyhow::Ok(())
-            }
-            .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("three attempts"))
+        db::with_retries(|| async {
+            let conn = self.db.get().await?;
+            let record = conn.prepare_cached(RECORD_SQL).await?;
+            conn.execute(
+                &record,
+                &params(&[
+                    &ids,
+                    &statuses,
+                    &ses_ids,
+                    &errors,
+                    &event_types,
+                    &metas,
+                    &now,
+                    &tokens,
+                ]),
+            )
+            .await?;
+            anyhow::Ok(())
+        })
+        .await
     }
 
     fn email_for(&self, row: &Row) -> OutgoingEmail {
@@ -628,20 +617,6 @@ impl TransactionalHandler {
 /// an await trips the compiler's `Send` check in async trait methods.
 fn params<'a>(p: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
     p.to_vec()
-}
-
-/// What an unsent message's outcome is: deferred (uncounted) when we stopped before sending
-/// it, `Unavailable` when SES or the network failed (the tree's breaker decides), a plain
-/// retry otherwise.
-fn not_sent_outcome(e: &SendError) -> Outcome {
-    match e {
-        SendError::NotAttempted { reason } => Outcome::Defer {
-            reason: reason.clone(),
-            delay: Duration::ZERO,
-        },
-        e if e.is_downstream() => Outcome::Unavailable(e.to_string()),
-        e => Outcome::Retry(e.to_string()),
-    }
 }
 
 fn sent_record(

@@ -119,6 +119,26 @@ impl Db {
 /// one, a statement cancelled by its timeout, the server shutting down) rather than that a
 /// statement was wrong: a reason to pause a tree ([`crate::Outcome::Unavailable`]), not to fail
 /// a message.
+/// Runs `attempt` up to three times (100 ms, then 400 ms apart): for the writes whose loss
+/// would cost a double send (recording that a send happened).
+pub async fn with_retries<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut last = None;
+    for n in 0..3u32 {
+        if n > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 * 4u64.pow(n - 1))).await;
+        }
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three attempts"))
+}
+
 pub fn is_unavailable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         if cause.downcast_ref::<PoolError>().is_some()

@@ -18,6 +18,7 @@ use anyhow::Context;
 use datamailer_core::campaign::{list_unsubscribe_headers, recipient_links, recipient_tokens};
 use datamailer_core::contracts::CampaignEmailV1;
 use datamailer_core::tracking::TrackingKeys;
+use datamailer_runtime::db;
 use datamailer_runtime::ledger::{ID_TAG, KIND_TAG};
 use datamailer_runtime::mailer::{Lane, OutgoingEmail, SendError};
 use datamailer_runtime::{HandlerContext, Outcome};
@@ -256,7 +257,7 @@ impl CampaignHandler {
                         skip_reason: String::new(),
                     },
                     Err(e) => {
-                        outcome = not_sent_outcome(&e);
+                        outcome = e.not_sent_outcome();
                         release(claim, &e.to_string())
                     }
                 });
@@ -360,41 +361,29 @@ impl CampaignHandler {
         let ses: Vec<&str> = results.iter().map(|r| r.ses_message_id.as_str()).collect();
         let errors: Vec<&str> = results.iter().map(|r| r.error.as_str()).collect();
         let skips: Vec<&str> = results.iter().map(|r| r.skip_reason.as_str()).collect();
-        let mut last = None;
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
-            }
-            let result = async {
-                let conn = self.db.get().await?;
-                let record = conn.prepare_cached(RECORD_SQL).await?;
-                conn.execute(
-                    &record,
-                    &[
-                        &campaign_id,
-                        &ids,
-                        &tokens,
-                        &statuses,
-                        &ses,
-                        &errors,
-                        &skips,
-                    ],
-                )
-                .await?;
-                anyhow::Ok(())
-            }
-            .await;
-            match result {
-                Ok(()) => {
-                    let sent = statuses.iter().filter(|s| **s == "sent").count();
-                    metrics::counter!("datamailer_campaign_recipients_sent_total")
-                        .increment(sent as u64);
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("three attempts")).context("recording campaign send results")
+        db::with_retries(|| async {
+            let conn = self.db.get().await?;
+            let record = conn.prepare_cached(RECORD_SQL).await?;
+            conn.execute(
+                &record,
+                &[
+                    &campaign_id,
+                    &ids,
+                    &tokens,
+                    &statuses,
+                    &ses,
+                    &errors,
+                    &skips,
+                ],
+            )
+            .await?;
+            anyhow::Ok(())
+        })
+        .await
+        .context("recording campaign send results")?;
+        let sent = statuses.iter().filter(|s| **s == "sent").count();
+        metrics::counter!("datamailer_campaign_recipients_sent_total").increment(sent as u64);
+        Ok(())
     }
 }
 
@@ -412,15 +401,4 @@ fn release(claim: Claim, error: &str) -> Result {
 
 fn truncate(s: &str) -> String {
     s.chars().take(2000).collect()
-}
-
-fn not_sent_outcome(e: &SendError) -> Outcome {
-    match e {
-        SendError::NotAttempted { reason } => Outcome::Defer {
-            reason: reason.clone(),
-            delay: Duration::ZERO,
-        },
-        e if e.is_downstream() => Outcome::Unavailable(e.to_string()),
-        e => Outcome::Retry(e.to_string()),
-    }
 }

@@ -97,6 +97,20 @@ impl SendError {
     /// paused account, throttling that outlasted our retries, 5xx, timeouts. Handlers answer
     /// these `Outcome::Unavailable`, so a storm of them pauses the tree instead of walking
     /// every message into the dead-letter queue.
+    /// The outcome of a message whose send did not happen: deferred (uncounted) when we
+    /// stopped before sending it, `Unavailable` when SES or the network failed (the tree's
+    /// breaker decides), a plain retry otherwise.
+    pub fn not_sent_outcome(&self) -> crate::Outcome {
+        match self {
+            SendError::NotAttempted { reason } => crate::Outcome::Defer {
+                reason: reason.clone(),
+                delay: Duration::ZERO,
+            },
+            e if e.is_downstream() => crate::Outcome::Unavailable(e.to_string()),
+            e => crate::Outcome::Retry(e.to_string()),
+        }
+    }
+
     pub fn is_downstream(&self) -> bool {
         matches!(
             self,
