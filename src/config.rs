@@ -42,6 +42,8 @@ pub struct Config {
     pub campaign_concurrency: usize,
     pub campaign_lease: std::time::Duration,
     pub campaign_batch_horizon: std::time::Duration,
+    /// `DATAMAILER_TRACKING_ASYNC`: opens and clicks go through the email-events queue.
+    pub tracking_async: bool,
     /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: a mailto in campaign mail's List-Unsubscribe header.
     pub unsubscribe_mailto: Option<String>,
     /// Sends per second for SES; `None` disables the limiter.
@@ -277,6 +279,16 @@ impl Config {
                 }
             },
         };
+        let tracking_async = match var("DATAMAILER_TRACKING_ASYNC").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                errors.push(format!(
+                    "DATAMAILER_TRACKING_ASYNC: '{other}' must be true or false"
+                ));
+                false
+            }
+        };
         let campaign_concurrency = match var("DATAMAILER_CAMPAIGN_CONCURRENCY") {
             None => 4,
             Some(raw) => match raw.parse::<usize>() {
@@ -318,6 +330,7 @@ impl Config {
             ses_daily_reserve,
             campaign_batch_size,
             campaign_concurrency,
+            tracking_async,
             campaign_lease,
             campaign_batch_horizon,
             ses_timeout,

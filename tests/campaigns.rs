@@ -787,3 +787,80 @@ async fn a_scheduled_campaign_starts_when_due_by_maintenance() {
     );
     db.drop_db().await;
 }
+
+/// Async tracking: the pixel answers at once and enqueues an `email-events` message; the
+/// email-events tree applies it with the same rules; a redelivered message counts nothing twice.
+#[tokio::test]
+async fn async_opens_go_through_the_email_events_tree_and_count_once() {
+    let Some((db, api, id)) = queued_campaign(3, "async").await else {
+        return;
+    };
+    let _sender = Process::spawn("campaign worker", campaign_worker(&db, &api, &[]));
+    wait_status(&api, "async", "sent").await;
+    let (_, html, _) = captured(&db.pool, id).await.remove(0);
+
+    // The web with async tracking, on its own port.
+    let state = datamailer_web::AppState::new(
+        db.pool.clone(),
+        Producer::Postgres,
+        datamailer_web::WebConfig {
+            public_base_url: api.web.base.clone(),
+        },
+    )
+    .with_tracking_async(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, datamailer_web::router(state)).await });
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the machine window
+    let pixel = format!("{base}/t/o/{}.gif", between(&html, "/t/o/", ".gif"));
+    assert_eq!(reqwest::get(&pixel).await.unwrap().status(), 200);
+    let campaign = api.campaign("async").await;
+    assert_eq!(campaign["open_count"], 0, "not applied yet: {campaign}");
+    // A redelivery: the same message twice on the queue.
+    sqlx::query(
+        "INSERT INTO queue_messages (queue, body) SELECT queue, body FROM queue_messages WHERE queue = 'email-events'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--queue", "email-events"])
+        .env("DATABASE_URL", &db.url)
+        .env(
+            "DATAMAILER_METRICS_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("RUST_LOG", "warn");
+    let _events = Process::spawn("email-events worker", cmd);
+    let campaign = wait_for("the open applied", Duration::from_secs(30), || async {
+        let c = api.campaign("async").await;
+        (c["open_count"] == 1).then_some(c)
+    })
+    .await;
+    assert_eq!(campaign["unique_open_count"], 1, "{campaign}");
+    wait_for("the queue drained", Duration::from_secs(30), || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM queue_messages WHERE queue = 'email-events' AND dead_lettered_at IS NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let campaign = api.campaign("async").await;
+    assert_eq!(
+        (
+            campaign["open_count"].clone(),
+            campaign["unique_open_count"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    let opens: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM email_events WHERE event_type = 'open'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(opens, 1, "the duplicate wrote no second event");
+    db.drop_db().await;
+}

@@ -6,6 +6,7 @@
 //! their own capabilities and plug into the same runtime unchanged, through [`registry`].
 
 pub mod campaign;
+pub mod email_events;
 pub mod events;
 pub mod registry;
 pub mod transactional;

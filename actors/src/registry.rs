@@ -14,6 +14,7 @@ use datamailer_runtime::producer::Producer;
 use datamailer_runtime::Handler;
 
 use crate::campaign::{CampaignHandler, CampaignMaintenance, CampaignSettings};
+use crate::email_events::EmailEventsHandler;
 use crate::transactional::{RequeueStaleRows, TransactionalHandler, TransactionalSettings};
 use crate::webhooks::{DispatchWebhooks, WebhookSettings};
 
@@ -83,7 +84,8 @@ fn build_handler(queue: QueueName) -> Option<Build> {
                 deps.campaign_settings(),
             ))
         }),
-        QueueName::SesWebhooks | QueueName::EmailEvents => None,
+        QueueName::EmailEvents => Some(|deps| Arc::new(EmailEventsHandler::new(deps.db.clone()))),
+        QueueName::SesWebhooks => None,
     }
 }
 

@@ -87,7 +87,8 @@ async fn run_web(
     )
     .with_outbound_policy(OutboundPolicy::from_allow_list(
         &config.outbound_allow_hosts,
-    ));
+    ))
+    .with_tracking_async(config.tracking_async);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_HTTP_ADDR {}", config.http_addr))?;

@@ -53,6 +53,8 @@ pub struct AppState {
     /// Which webhook URLs a client may set (`DATAMAILER_OUTBOUND_ALLOW_HOSTS`); strict unless
     /// [`AppState::with_outbound_policy`] says otherwise.
     pub(crate) outbound_policy: Arc<OutboundPolicy>,
+    /// Opens and clicks go through the email-events queue (`DATAMAILER_TRACKING_ASYNC`).
+    pub(crate) tracking_async: bool,
     /// The tracking-token keys, read from the database on first use.
     tracking_keys: Arc<tokio::sync::OnceCell<datamailer_core::tracking::TrackingKeys>>,
 }
@@ -68,7 +70,14 @@ impl AppState {
             audiences: Arc::default(),
             outbound_policy: Arc::new(OutboundPolicy::default()),
             tracking_keys: Arc::default(),
+            tracking_async: false,
         }
+    }
+
+    /// Opens and clicks are enqueued as `email-events` messages instead of written at once.
+    pub fn with_tracking_async(mut self, on: bool) -> Self {
+        self.tracking_async = on;
+        self
     }
 
     /// The keys that sign and verify tracking and unsubscribe tokens (table `tracking_keys`).

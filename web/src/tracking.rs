@@ -15,13 +15,16 @@ use std::time::Duration;
 use axum::extract::{Path, Query, RawForm, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
+use datamailer_core::contracts::{EmailEventType, EmailEventV1};
+use datamailer_core::queue::QueueName;
 use datamailer_core::tracking::{is_allowed_destination, Purpose};
+use datamailer_runtime::producer::PG_ENQUEUE_SQL;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
 
-/// A hit this soon after the send is a machine's.
+/// A hit this soon after the send is a machine's (the window lives in `campaign_engage`).
 pub const MACHINE_WINDOW: Duration = Duration::from_secs(3);
 
 /// The 43-byte transparent GIF.
@@ -60,64 +63,57 @@ fn invalid_redirect() -> Response {
         .into_response()
 }
 
-/// Opens and clicks: the row's counters, the campaign's (unique ones on the first hit), and
-/// the event, in one statement; a machine hit only writes its event.
-const ENGAGE_SQL: &str = "
-WITH r AS (
-    SELECT id, campaign_id, contact_id, first_opened_at IS NULL AS first_open,
-           first_clicked_at IS NULL AS first_click,
-           ($3 OR sent_at IS NOT NULL AND sent_at > now() - make_interval(secs => $4)) AS machine
-      FROM campaign_recipients WHERE id = $1
-),
-counted AS (
-    UPDATE campaign_recipients cr
-       SET open_count = cr.open_count + CASE WHEN $2 = 'open' THEN 1 ELSE 0 END,
-           first_opened_at = CASE WHEN $2 = 'open' THEN coalesce(cr.first_opened_at, now()) ELSE cr.first_opened_at END,
-           click_count = cr.click_count + CASE WHEN $2 = 'click' THEN 1 ELSE 0 END,
-           first_clicked_at = CASE WHEN $2 = 'click' THEN coalesce(cr.first_clicked_at, now()) ELSE cr.first_clicked_at END,
-           updated_at = now()
-      FROM r WHERE cr.id = r.id AND NOT r.machine
-    RETURNING cr.id
-),
-campaign AS (
-    UPDATE campaigns c
-       SET open_count = c.open_count + CASE WHEN $2 = 'open' THEN 1 ELSE 0 END,
-           unique_open_count = c.unique_open_count + CASE WHEN $2 = 'open' AND r.first_open THEN 1 ELSE 0 END,
-           click_count = c.click_count + CASE WHEN $2 = 'click' THEN 1 ELSE 0 END,
-           unique_click_count = c.unique_click_count + CASE WHEN $2 = 'click' AND r.first_click THEN 1 ELSE 0 END,
-           updated_at = now()
-      FROM r WHERE c.id = r.campaign_id AND EXISTS (SELECT 1 FROM counted)
-    RETURNING c.client_id, c.audience_id
-)
-INSERT INTO email_events (campaign_id, campaign_recipient_id, contact_id, client_id, audience_id,
-                          event_type, url, metadata)
-SELECT r.campaign_id, r.id, r.contact_id, c.client_id, c.audience_id, $2, $5,
-       CASE WHEN r.machine THEN jsonb_build_object('machine', true, 'why', $6::text) ELSE '{}'::jsonb END
-  FROM r JOIN campaigns c ON c.id = r.campaign_id
-RETURNING 1";
-
+/// An open or click: applied now by `campaign_engage` (migration 0017: counters, unique
+/// counts, the event, machine hits flagged), or with async tracking on, enqueued as an
+/// `email-events` message the email-events tree applies with the same function. Async answers
+/// `true` without knowing whether the recipient still exists.
 async fn engage(
     state: &AppState,
     recipient: i64,
-    kind: &str,
+    kind: EmailEventType,
     head: bool,
     url: &str,
-) -> Result<bool, sqlx::Error> {
-    let why = if head {
-        "head_request"
+) -> anyhow::Result<bool> {
+    if !state.tracking_async {
+        let exists: bool = sqlx::query_scalar("SELECT campaign_engage($1, $2, $3, $4, now(), '')")
+            .bind(recipient)
+            .bind(kind.as_str())
+            .bind(head)
+            .bind(url)
+            .fetch_one(&state.db)
+            .await?;
+        return Ok(exists);
+    }
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("head".into(), json!(head));
+    let body = EmailEventV1 {
+        event_id: key.clone(),
+        occurred_at: datamailer_core::time::iso(chrono::Utc::now()),
+        idempotency_key: key,
+        event_type: kind,
+        campaign_id: None,
+        campaign_recipient_id: Some(recipient),
+        transactional_message_id: None,
+        contact_id: None,
+        client_id: None,
+        audience_id: None,
+        tracking_token: None,
+        url: (!url.is_empty()).then(|| url.to_string()),
+        metadata: Some(metadata),
+    }
+    .to_json();
+    let queue = QueueName::EmailEvents.as_str();
+    if state.producer.writes_in_transaction() {
+        sqlx::query(PG_ENQUEUE_SQL)
+            .bind(queue)
+            .bind(&body)
+            .execute(&state.db)
+            .await?;
     } else {
-        "within_seconds_of_send"
-    };
-    let row = sqlx::query(ENGAGE_SQL)
-        .bind(recipient)
-        .bind(kind)
-        .bind(head)
-        .bind(MACHINE_WINDOW.as_secs_f64())
-        .bind(url)
-        .bind(why)
-        .fetch_optional(&state.db)
-        .await?;
-    Ok(row.is_some())
+        state.producer.send_after_commit(queue, vec![body]).await?;
+    }
+    Ok(true)
 }
 
 /// `GET /t/o/{token}.gif` (HEAD too, as a machine hit).
@@ -135,11 +131,19 @@ pub async fn open_pixel(
     let Some(recipient) = keys.verify(Purpose::Tracking, token) else {
         return gif(StatusCode::NOT_FOUND);
     };
-    match engage(&state, recipient, "open", method == Method::HEAD, "").await {
+    match engage(
+        &state,
+        recipient,
+        EmailEventType::Open,
+        method == Method::HEAD,
+        "",
+    )
+    .await
+    {
         Ok(true) => gif(StatusCode::OK),
         Ok(false) => gif(StatusCode::NOT_FOUND),
         Err(e) => {
-            tracing::error!(error = %e, "recording an open failed");
+            tracing::error!(error = format!("{e:#}"), "recording an open failed");
             gif(StatusCode::OK)
         }
     }
@@ -172,12 +176,20 @@ pub async fn click(
     if !keys.verify_click(&token, &q.u, &q.s) {
         return invalid_redirect();
     }
-    match engage(&state, recipient, "click", method == Method::HEAD, &q.u).await {
+    match engage(
+        &state,
+        recipient,
+        EmailEventType::Click,
+        method == Method::HEAD,
+        &q.u,
+    )
+    .await
+    {
         Ok(true) => found(&q.u),
         Ok(false) => invalid_redirect(),
         Err(e) => {
             // The visitor still gets where the link goes.
-            tracing::error!(error = %e, "recording a click failed");
+            tracing::error!(error = format!("{e:#}"), "recording a click failed");
             found(&q.u)
         }
     }
