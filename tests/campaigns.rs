@@ -864,3 +864,58 @@ async fn async_opens_go_through_the_email_events_tree_and_count_once() {
     assert_eq!(opens, 1, "the duplicate wrote no second event");
     db.drop_db().await;
 }
+
+/// With the SES mailer the account's quota (GetAccount) applies: the configured rate is
+/// lowered to `MaxSendRate`, and campaign mail stops at the 10 % of `Max24HourSend` kept for
+/// transactional mail.
+#[tokio::test]
+async fn the_account_quota_caps_the_rate_and_keeps_a_reserve_for_transactional_mail() {
+    let Some((db, api, _)) = queued_campaign(20, "quota").await else {
+        return;
+    };
+    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "5", "--max-24-hour-send", "10"]);
+    wait_for("fake SES", Duration::from_secs(10), || async {
+        reqwest::get(format!("{endpoint}/stats"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let env = [
+        ("DATAMAILER_MAILER", "ses".to_string()),
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("DATAMAILER_SES_MAX_SEND_RATE", "50".to_string()),
+    ];
+    let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
+    let times = wait_for(
+        "the quota's campaign share sent",
+        Duration::from_secs(30),
+        || async {
+            let t = send_times(&endpoint).await;
+            (t.len() >= 9).then_some(t)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let times_after = send_times(&endpoint).await;
+    assert_eq!(
+        times_after.len(),
+        9,
+        "10 a day, 10 % kept for transactional mail"
+    );
+    let span = times.last().unwrap() - times.first().unwrap();
+    assert!(
+        span >= 8.0 / 5.0 * 0.95,
+        "9 sends at MaxSendRate 5/s take at least 1.6 s, not the configured 50/s: {span:.2} s"
+    );
+    let campaign = api.campaign("quota").await;
+    assert_eq!(
+        (campaign["status"].clone(), campaign["sent_count"].clone()),
+        (json!("sending"), json!(9)),
+        "{campaign}"
+    );
+    db.drop_db().await;
+}

@@ -199,6 +199,39 @@ impl Handler for CampaignHandler {
         }
         outcomes
     }
+
+    /// A fan-out given up on after its last receive: the campaign is `failed` with the reason
+    /// (the `campaigns` task would otherwise fan it out again for ever). A batch given up on
+    /// leaves its recipients `pending`: the task batches them again once the horizon passes.
+    async fn gave_up(&self, _ctx: &HandlerContext, messages: &[(Delivery, String)]) {
+        for (delivery, why) in messages {
+            let Ok(CampaignQueueMessage::Fanout(f)) = CampaignQueueMessage::parse(&delivery.body)
+            else {
+                continue;
+            };
+            let result = async {
+                self.db
+                    .get()
+                    .await?
+                    .execute(
+                        "UPDATE campaigns SET status = 'failed', failed_at = now(), failure_reason = $2,
+                                updated_at = now()
+                          WHERE id = $1 AND status IN ('queued', 'snapshotting')",
+                        &[&f.campaign_id, why],
+                    )
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    campaign_id = f.campaign_id,
+                    "could not mark a campaign failed"
+                );
+            }
+        }
+    }
 }
 
 /// The tracking keys from the database.
