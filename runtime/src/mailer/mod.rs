@@ -361,17 +361,18 @@ impl Sender {
         let mut attempt = 0;
         loop {
             let recipients = (email.to.len() + email.cc.len() + email.bcc.len()).max(1) as u32;
-            tokio::select! {
-                biased;
-                _ = ctx.stopped() => return Err(not_attempted()),
-                _ = self.limiter.acquire(lane, recipients) => {}
-            }
+            // Before any rate slot: a send the quota refuses must not take one.
             if lane == Lane::Campaign && !self.take_campaign_budget(recipients) {
                 return Err(SendError::Paused {
                     code: "DailyQuotaReserved".into(),
                     message: "the rest of the 24-hour SES quota is reserved for transactional mail"
                         .into(),
                 });
+            }
+            tokio::select! {
+                biased;
+                _ = ctx.stopped() => return Err(not_attempted()),
+                _ = self.limiter.acquire(lane, recipients) => {}
             }
             if let Some(shared) = &self.shared {
                 tokio::select! {
