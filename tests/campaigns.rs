@@ -527,6 +527,18 @@ fn fake_ses(extra: &[&str]) -> (Process, String) {
     )
 }
 
+/// A worker's environment for the SES mailer against the fake at `endpoint`.
+fn ses_env(endpoint: &str, rate: f64) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATAMAILER_MAILER", "ses".to_string()),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("DATAMAILER_SES_MAX_SEND_RATE", rate.to_string()),
+    ]
+}
+
 async fn send_times(endpoint: &str) -> Vec<f64> {
     let body: Value = reqwest::get(format!("{endpoint}/sends"))
         .await
@@ -558,15 +570,8 @@ async fn two_sending_processes_hold_the_configured_rate_together() {
             .map(|_| ())
     })
     .await;
-    let env = [
-        ("DATAMAILER_MAILER", "ses".to_string()),
-        ("AWS_ENDPOINT_URL", endpoint.clone()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("DATAMAILER_SES_MAX_SEND_RATE", RATE.to_string()),
-        ("DATAMAILER_CAMPAIGN_BATCH_SIZE", "10".to_string()),
-    ];
+    let mut env = ses_env(&endpoint, RATE);
+    env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "10".to_string()));
     let _a = Process::spawn("sender a", campaign_worker(&db, &api, &env));
     let _b = Process::spawn("sender b", campaign_worker(&db, &api, &env));
     let done = wait_status(&api, "rate", "sent").await;
@@ -881,14 +886,7 @@ async fn the_account_quota_caps_the_rate_and_keeps_a_reserve_for_transactional_m
             .map(|_| ())
     })
     .await;
-    let env = [
-        ("DATAMAILER_MAILER", "ses".to_string()),
-        ("AWS_ENDPOINT_URL", endpoint.clone()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("DATAMAILER_SES_MAX_SEND_RATE", "50".to_string()),
-    ];
+    let env = ses_env(&endpoint, 50.0);
     let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
     let times = wait_for(
         "the quota's campaign share sent",

@@ -7,10 +7,8 @@
 //!   `POST` unsubscribes: RFC 8058 one-click (`List-Unsubscribe=One-Click`, the client scope)
 //!   or the page's form with its `scope`.
 //! * Machine traffic is recorded but kept out of the counters: a HEAD request, or a hit
-//!   within [`MACHINE_WINDOW`] of the send (mail scanners and privacy proxies fetch at
+//!   within 3 s of the send (`campaign_engage`, migration 0017) (mail scanners and privacy proxies fetch at
 //!   delivery, people do not). Its event carries `machine: true` and why.
-
-use std::time::Duration;
 
 use axum::extract::{Path, Query, RawForm, State};
 use axum::http::{header, Method, StatusCode};
@@ -23,9 +21,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-
-/// A hit this soon after the send is a machine's (the window lives in `campaign_engage`).
-pub const MACHINE_WINDOW: Duration = Duration::from_secs(3);
 
 /// The 43-byte transparent GIF.
 const GIF: [u8; 43] = [

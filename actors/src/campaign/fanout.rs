@@ -64,10 +64,10 @@ UPDATE campaign_recipients r SET batched_at = now()
   FROM due WHERE r.id = due.id
 RETURNING r.id";
 
-/// `sending` with nothing pending or in flight: `sent`.
+/// `sending` with nothing pending or in flight: `sent` (one campaign, or every one for NULL).
 pub const FINISH_SQL: &str = "
 UPDATE campaigns c SET status = 'sent', sent_at = now(), updated_at = now()
- WHERE c.id = $1 AND c.status = 'sending'
+ WHERE ($1::bigint IS NULL OR c.id = $1) AND c.status = 'sending'
    AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
                     WHERE r.campaign_id = c.id AND r.status IN ('pending', 'sending'))";
 
@@ -174,7 +174,7 @@ pub async fn fan_out(
             .await
             .context("enqueueing campaign batches")?;
     }
-    let finished = tx.execute(FINISH_SQL, &[&campaign_id]).await? > 0;
+    let finished = tx.execute(FINISH_SQL, &[&Some(campaign_id)]).await? > 0;
     tx.commit().await?;
     report.batches = bodies.len();
     report.recipients_batched = ids.len();

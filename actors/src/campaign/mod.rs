@@ -303,14 +303,7 @@ impl MaintenanceTask for CampaignMaintenance {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let finished = conn
-            .query("SELECT id FROM campaigns WHERE status = 'sending'", &[])
-            .await?;
-        let mut done = 0u64;
-        for row in finished {
-            let id: i64 = row.get(0);
-            done += conn.execute(fanout::FINISH_SQL, &[&id]).await?;
-        }
+        let mut done = conn.execute(fanout::FINISH_SQL, &[&None::<i64>]).await?;
         drop(conn);
 
         let mut batched = 0usize;

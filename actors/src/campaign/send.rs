@@ -131,7 +131,7 @@ struct Claim {
 }
 
 /// A result to record.
-struct Result {
+struct SendResult {
     id: i64,
     token: i32,
     status: &'static str,
@@ -178,7 +178,7 @@ impl CampaignHandler {
             if skip.is_empty() {
                 claims.push(claim);
             } else {
-                results.push(Result {
+                results.push(SendResult {
                     id: claim.id,
                     token: claim.token,
                     status: "skipped",
@@ -208,7 +208,7 @@ impl CampaignHandler {
             let accepted = self.ledger.accepted(KIND, &reclaimed_ids).await?;
             for claim in reclaimed {
                 match accepted.get(&claim.id) {
-                    Some(ses_id) => results.push(Result {
+                    Some(ses_id) => results.push(SendResult {
                         id: claim.id,
                         token: claim.token,
                         status: "sent",
@@ -240,7 +240,7 @@ impl CampaignHandler {
             let sent = self.sender.send_batch(Lane::Campaign, &emails, ctx).await;
             for (claim, result) in chunk.into_iter().zip(sent) {
                 results.push(match result {
-                    Ok(receipt) => Result {
+                    Ok(receipt) => SendResult {
                         id: claim.id,
                         token: claim.token,
                         status: "sent",
@@ -248,7 +248,7 @@ impl CampaignHandler {
                         error: String::new(),
                         skip_reason: String::new(),
                     },
-                    Err(e @ SendError::Permanent { .. }) => Result {
+                    Err(e @ SendError::Permanent { .. }) => SendResult {
                         id: claim.id,
                         token: claim.token,
                         status: "failed",
@@ -272,10 +272,15 @@ impl CampaignHandler {
         }
         self.record(campaign_id, &results).await?;
 
-        // Rows held by another delivery: come back when their lease ends.
+        // Rows held by another delivery (only possible when some id was neither claimed nor
+        // reclaimed here): come back when their lease ends.
         let conn = self.db.get().await?;
-        let held = conn.query_one(HELD_SQL, &[ids, &campaign_id]).await?;
-        let (left, count): (f64, i64) = (held.get(0), held.get(1));
+        let (left, count): (f64, i64) = if results.len() < ids.len() {
+            let held = conn.query_one(HELD_SQL, &[ids, &campaign_id]).await?;
+            (held.get(0), held.get(1))
+        } else {
+            (0.0, 0)
+        };
         if count > 0 && matches!(outcome, Outcome::Ack) {
             outcome = Outcome::Defer {
                 reason: format!(
@@ -351,7 +356,7 @@ impl CampaignHandler {
 
     /// Writes the results, retrying briefly: a failure here is what could cause a double send
     /// (the rows stay `sending` under their lease, so a redelivery does not send them again).
-    async fn record(&self, campaign_id: i64, results: &[Result]) -> anyhow::Result<()> {
+    async fn record(&self, campaign_id: i64, results: &[SendResult]) -> anyhow::Result<()> {
         if results.is_empty() {
             return Ok(());
         }
@@ -388,8 +393,8 @@ impl CampaignHandler {
 }
 
 /// A claimed row given back: `pending`, no event.
-fn release(claim: Claim, error: &str) -> Result {
-    Result {
+fn release(claim: Claim, error: &str) -> SendResult {
+    SendResult {
         id: claim.id,
         token: claim.token,
         status: "pending",

@@ -460,19 +460,22 @@ pub async fn estimate_campaign(
     let scope = campaign_scope(&state, &auth, as_map(&body)).await?;
     let mut conn = state.db.acquire().await?;
     let row = find(&mut conn, &scope, &key, false).await?;
-    let reasons: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT skip_reason, count(*) FROM campaign_candidates($1) GROUP BY 1 ORDER BY 1",
-    )
-    .bind(row.id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let preview: Vec<(String, String)> = sqlx::query_as(
-        "SELECT email, skip_reason FROM campaign_candidates($1)
-          ORDER BY normalized_email, contact_id LIMIT 25",
-    )
-    .bind(row.id)
-    .fetch_all(&mut *conn)
-    .await?;
+    // One evaluation of the candidates for both the counts and the preview.
+    type Counts = sqlx::types::Json<Vec<(String, i64)>>;
+    type Preview = sqlx::types::Json<Vec<(String, String)>>;
+    let (reasons, preview): (Counts, Preview) =
+        sqlx::query_as(
+            "WITH k AS MATERIALIZED (SELECT * FROM campaign_candidates($1))
+             SELECT coalesce((SELECT jsonb_agg(jsonb_build_array(skip_reason, n) ORDER BY skip_reason)
+                                FROM (SELECT skip_reason, count(*) AS n FROM k GROUP BY 1) g), '[]'),
+                    coalesce((SELECT jsonb_agg(jsonb_build_array(email, skip_reason)
+                                               ORDER BY normalized_email, contact_id)
+                                FROM (SELECT * FROM k ORDER BY normalized_email, contact_id LIMIT 25) p), '[]')",
+        )
+        .bind(row.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let (reasons, preview) = (reasons.0, preview.0);
     let total: i64 = reasons.iter().map(|(_, n)| n).sum();
     let sendable: i64 = reasons
         .iter()
