@@ -511,8 +511,8 @@ async fn a_worker_killed_again_and_again_mid_campaign_loses_no_recipient_and_sen
     db.drop_db().await;
 }
 
-/// The fake SES endpoint (load-tests/fake-ses) on a free port.
-fn fake_ses(extra: &[&str]) -> (Process, String) {
+/// The fake SES endpoint (load-tests/fake-ses) on a free port, once it answers.
+async fn fake_ses(extra: &[&str]) -> (Process, String) {
     let port = free_port();
     let mut cmd = Command::new("python3");
     cmd.arg(concat!(
@@ -521,10 +521,42 @@ fn fake_ses(extra: &[&str]) -> (Process, String) {
     ))
     .args(["--port", &port.to_string()])
     .args(extra);
-    (
-        Process::spawn("fake ses", cmd),
-        format!("http://127.0.0.1:{port}"),
-    )
+    let process = Process::spawn("fake ses", cmd);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_for("fake SES", Duration::from_secs(10), || async {
+        reqwest::get(format!("{endpoint}/stats"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (process, endpoint)
+}
+
+/// The fake's counters (`requests`, `sends`, `errors`).
+async fn ses_stats(endpoint: &str) -> Value {
+    reqwest::get(format!("{endpoint}/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The To address of every send the fake accepted, in order.
+async fn ses_recipients(endpoint: &str) -> Vec<String> {
+    let body: Value = reqwest::get(format!("{endpoint}/sends"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A worker's environment for the SES mailer against the fake at `endpoint`.
@@ -562,14 +594,7 @@ async fn two_sending_processes_hold_the_configured_rate_together() {
         return;
     };
     // GetAccount says 100/s: the configured 20/s stays the ceiling.
-    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "100"]);
-    wait_for("fake SES", Duration::from_secs(10), || async {
-        reqwest::get(format!("{endpoint}/stats"))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "100"]).await;
     let mut env = ses_env(&endpoint, RATE);
     env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "10".to_string()));
     let _a = Process::spawn("sender a", campaign_worker(&db, &api, &env));
@@ -878,14 +903,7 @@ async fn the_account_quota_caps_the_rate_and_keeps_a_reserve_for_transactional_m
     let Some((db, api, _)) = queued_campaign(20, "quota").await else {
         return;
     };
-    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "5", "--max-24-hour-send", "10"]);
-    wait_for("fake SES", Duration::from_secs(10), || async {
-        reqwest::get(format!("{endpoint}/stats"))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "5", "--max-24-hour-send", "10"]).await;
     let env = ses_env(&endpoint, 50.0);
     let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
     let times = wait_for(
@@ -915,5 +933,257 @@ async fn the_account_quota_caps_the_rate_and_keeps_a_reserve_for_transactional_m
     })
     .await;
     assert_eq!(campaign["status"], "sending", "{campaign}");
+    db.drop_db().await;
+}
+
+/// SES refusing two addresses (400 MessageRejected, permanent) and throttling every 7th call:
+/// the refused recipients fail alone with SES's reason, the throttled ones are retried, and
+/// every other recipient is sent exactly once (counted at the fake's end).
+#[tokio::test]
+async fn a_rejected_address_fails_alone_and_throttled_sends_retry_without_duplicates() {
+    const N: i64 = 120;
+    let Some((db, api, id)) = queued_campaign(N, "errors").await else {
+        return;
+    };
+    let (_ses, endpoint) = fake_ses(&[
+        "--max-send-rate",
+        "200",
+        "--fail-every",
+        "7",
+        "--reject",
+        "u7@",
+        "--reject",
+        "u42@",
+    ])
+    .await;
+    let mut env = ses_env(&endpoint, 100.0);
+    env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "20".to_string()));
+    let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
+    let done = wait_status(&api, "errors", "sent").await;
+    assert_eq!(
+        (done["sent_count"].clone(), done["failed_count"].clone()),
+        (json!(N - 2), json!(2)),
+        "{done}"
+    );
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT email, last_error FROM campaign_recipients
+          WHERE campaign_id = $1 AND status = 'failed' ORDER BY email",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0].0, "u42@example.com");
+    assert_eq!(failed[1].0, "u7@example.com");
+    assert!(
+        failed.iter().all(|(_, e)| e.starts_with("MessageRejected")),
+        "{failed:?}"
+    );
+    let failed_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM email_events WHERE campaign_id = $1 AND event_type = 'failed'
+            AND metadata ->> 'error' LIKE 'MessageRejected%'",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed_events, 2);
+
+    let mut to = ses_recipients(&endpoint).await;
+    let accepted = to.len();
+    to.sort_unstable();
+    to.dedup();
+    assert_eq!(accepted as i64, N - 2, "accepted by SES once each");
+    assert_eq!(to.len() as i64, N - 2, "no recipient twice");
+    let stats = ses_stats(&endpoint).await;
+    let throttled = stats["errors"].as_i64().unwrap() - 2;
+    assert!(throttled >= 10, "the fake throttled: {stats}");
+    db.drop_db().await;
+}
+
+/// Pause stops new sends within about a second and holds; resume carries on to `sent` with
+/// each recipient once. A second campaign cancelled mid-send stops the same way, and every
+/// recipient ends `sent` or skipped as cancelled (none left `pending` or `sending`), the
+/// counters agreeing with the rows and with what SES accepted.
+#[tokio::test]
+async fn pause_holds_resume_finishes_once_and_cancel_stops_mid_send() {
+    const N: i64 = 200;
+    const RATE: f64 = 20.0;
+    let Some((db, api, id)) = queued_campaign(N, "pause").await else {
+        return;
+    };
+    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "100"]).await;
+    let mut env = ses_env(&endpoint, RATE);
+    env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "25".to_string()));
+    let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
+    let sent_by_fake = || async { ses_stats(&endpoint).await["sends"].as_i64().unwrap() };
+    let wait_sends = |at_least: i64| {
+        wait_for(
+            "sends at the fake",
+            Duration::from_secs(60),
+            move || async move { (sent_by_fake().await >= at_least).then_some(()) },
+        )
+    };
+    let body = json!({"audience": "news", "client": "shop"});
+
+    wait_sends(30).await;
+    let (status, paused) = api.post("/api/campaigns/pause/pause", body.clone()).await;
+    assert_eq!(status, 200, "{paused}");
+    let at_pause = sent_by_fake().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = sent_by_fake().await;
+    assert!(
+        settled - at_pause <= 2 * RATE as i64,
+        "at most the chunk in flight after a pause: {at_pause} then {settled}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sent_by_fake().await, settled, "nothing sent while paused");
+    assert!(settled < N, "paused before the end");
+
+    let (status, resumed) = api.post("/api/campaigns/pause/resume", body.clone()).await;
+    assert_eq!(status, 200, "{resumed}");
+    let done = wait_status(&api, "pause", "sent").await;
+    assert_eq!(done["sent_count"], N, "{done}");
+    let mut to = ses_recipients(&endpoint).await;
+    assert_eq!(to.len() as i64, N);
+    to.sort_unstable();
+    to.dedup();
+    assert_eq!(to.len() as i64, N, "no recipient twice across the pause");
+
+    // Cancel: the same audience again.
+    api.put("stop").await;
+    let (status, _) = api.post("/api/campaigns/stop/queue", body.clone()).await;
+    assert_eq!(status, 202);
+    wait_sends(N + 30).await;
+    let (status, cancelled) = api.post("/api/campaigns/stop/cancel", body.clone()).await;
+    assert_eq!(status, 200, "{cancelled}");
+    let at_cancel = sent_by_fake().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = sent_by_fake().await;
+    assert!(
+        settled - at_cancel <= 2 * RATE as i64,
+        "at most the chunk in flight after a cancel: {at_cancel} then {settled}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sent_by_fake().await, settled, "nothing sent once cancelled");
+    let stop_id: i64 = sqlx::query_scalar("SELECT id FROM campaigns WHERE external_key = 'stop'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_ne!(stop_id, id);
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT status, skip_reason, count(*) FROM campaign_recipients WHERE campaign_id = $1
+          GROUP BY 1, 2 ORDER BY 1",
+    )
+    .bind(stop_id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let count = |status: &str| {
+        rows.iter()
+            .filter(|(s, _, _)| s == status)
+            .map(|(_, _, n)| *n)
+            .sum::<i64>()
+    };
+    assert_eq!(count("pending") + count("sending"), 0, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(s, r, _)| s == "sent" || (s == "skipped" && r == "campaign_cancelled")),
+        "{rows:?}"
+    );
+    let c = api.campaign("stop").await;
+    assert_eq!(c["status"], "cancelled", "{c}");
+    assert_eq!(c["sent_count"], count("sent"), "{c} {rows:?}");
+    assert_eq!(c["skipped_count"], count("skipped"), "{c} {rows:?}");
+    assert_eq!(
+        count("sent"),
+        settled - N,
+        "the rows agree with what SES accepted"
+    );
+    db.drop_db().await;
+}
+
+/// A worker that died around the SES call after its campaign was cancelled leaves rows
+/// `sending`; maintenance settles them once their lease is over: `sent` when the send ledger
+/// saw SES accept one, skipped as cancelled otherwise.
+#[tokio::test]
+async fn maintenance_settles_recipients_left_in_flight_by_a_cancelled_campaign() {
+    let Some((db, api, id)) = queued_campaign(30, "orphans").await else {
+        return;
+    };
+    let maintain = || {
+        let out = Command::new(BIN)
+            .args(["maintain", "--once"])
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The fan-out, by maintenance (no worker runs): 30 recipients pending.
+    sqlx::query("UPDATE campaigns SET queued_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    maintain();
+    assert_eq!(api.campaign("orphans").await["recipient_count"], 30);
+    // Two claimed by a worker that then died; SES accepted one of them (the ledger says so).
+    let orphans: Vec<i64> = sqlx::query_scalar(
+        "UPDATE campaign_recipients SET status = 'sending', send_attempts = 1,
+                lease_expires_at = now() - interval '1 hour'
+          WHERE id IN (SELECT id FROM campaign_recipients WHERE campaign_id = $1 ORDER BY id LIMIT 2)
+          RETURNING id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO send_ledger (kind, row_id, provider_message_id, accepted_at, source)
+         VALUES ('campaign', $1, 'ses-accepted-1', now(), 'test')",
+    )
+    .bind(orphans.iter().min().unwrap())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let body = json!({"audience": "news", "client": "shop"});
+    let (status, cancelled) = api.post("/api/campaigns/orphans/cancel", body).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["skipped_count"], 28, "{cancelled}");
+
+    maintain();
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT id, status, skip_reason, ses_message_id FROM campaign_recipients
+          WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&orphans)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|(_, s, r, m)| (s.as_str(), r.as_str(), m.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("sent", "", "ses-accepted-1"),
+            ("skipped", "campaign_cancelled", "")
+        ]
+    );
+    let c = api.campaign("orphans").await;
+    assert_eq!(
+        (
+            c["status"].clone(),
+            c["sent_count"].clone(),
+            c["skipped_count"].clone()
+        ),
+        (json!("cancelled"), json!(1), json!(29)),
+        "{c}"
+    );
     db.drop_db().await;
 }

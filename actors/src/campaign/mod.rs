@@ -251,7 +251,8 @@ pub async fn load_keys(db: &Db) -> anyhow::Result<TrackingKeys> {
 
 /// Campaigns moving without an operator: scheduled ones fanned out when due, fan-outs whose
 /// message was lost run again, pending recipients whose batch went missing batched again,
-/// and finished campaigns marked `sent`. (The stuck-campaign gauge,
+/// finished campaigns marked `sent`, and recipients a dead worker left `sending` in a cancelled
+/// campaign settled from the send ledger. (The stuck-campaign gauge,
 /// `datamailer_campaign_sending_age_seconds`, is the web host's: `web/src/health.rs`.)
 pub struct CampaignMaintenance {
     pub db: Db,
@@ -305,6 +306,8 @@ impl MaintenanceTask for CampaignMaintenance {
             .collect();
         let mut done = conn.execute(fanout::FINISH_SQL, &[&None::<i64>]).await?;
         drop(conn);
+        let ledger = SendLedger::new(self.db.clone());
+        let settled = send::settle_cancelled(&self.db, &ledger, self.ledger_delay).await?;
 
         let mut batched = 0usize;
         for id in &due {
@@ -326,9 +329,10 @@ impl MaintenanceTask for CampaignMaintenance {
             }
         }
         Ok(TaskReport {
-            acted_on: due.len() as u64 + done,
+            acted_on: due.len() as u64 + done + settled,
             detail: format!(
-                "{} campaigns fanned out ({batched} recipients batched), {done} finished",
+                "{} campaigns fanned out ({batched} recipients batched), {done} finished, \
+                 {settled} in-flight recipients of cancelled campaigns settled",
                 due.len()
             ),
         })

@@ -12,14 +12,15 @@
 //! 4. One statement records every result (fenced by the attempt counter), moves the counters
 //!    by increments and appends the events. Rows not sent go back to `pending`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use datamailer_core::campaign::{list_unsubscribe_headers, recipient_links, recipient_tokens};
 use datamailer_core::contracts::CampaignEmailV1;
 use datamailer_core::tracking::TrackingKeys;
-use datamailer_runtime::db;
-use datamailer_runtime::ledger::{ID_TAG, KIND_TAG};
+use datamailer_runtime::db::{self, Db};
+use datamailer_runtime::ledger::{SendLedger, ID_TAG, KIND_TAG};
 use datamailer_runtime::mailer::{Lane, OutgoingEmail, SendError};
 use datamailer_runtime::{HandlerContext, Outcome};
 
@@ -85,10 +86,22 @@ SELECT coalesce(max(extract(epoch FROM lease_expires_at - now())), 0)::float8, c
   FROM campaign_recipients WHERE id = ANY ($1) AND campaign_id = $2 AND status = 'sending'";
 
 /// Every result in one statement: the row (fenced), the campaign's counters, the events.
+/// A row given back (`pending`) to a campaign cancelled meanwhile is skipped as the cancel
+/// skipped the others (`campaign_cancelled`, no event). The campaign row is locked first, so a
+/// cancel either sees these rows `pending` or runs after them: none is left `pending`.
 const RECORD_SQL: &str = "
-WITH r AS (
-    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
-        AS r(id, token, status, ses_message_id, error, skip_reason)
+WITH k AS (
+    SELECT status = 'cancelled' AS cancelled FROM campaigns WHERE id = $1 FOR UPDATE
+),
+r AS (
+    SELECT r.id, r.token, r.ses_message_id, r.error,
+           CASE WHEN r.status = 'pending' AND k.cancelled THEN 'skipped' ELSE r.status END AS status,
+           CASE WHEN r.status = 'pending' AND k.cancelled THEN 'campaign_cancelled' ELSE r.skip_reason END
+               AS skip_reason,
+           r.status = 'pending' AND k.cancelled AS quiet
+      FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
+               AS r(id, token, status, ses_message_id, error, skip_reason)
+     CROSS JOIN k
 ),
 updated AS (
     UPDATE campaign_recipients cr
@@ -96,10 +109,11 @@ updated AS (
            ses_message_id = CASE WHEN r.status = 'sent' THEN r.ses_message_id ELSE cr.ses_message_id END,
            sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE cr.sent_at END,
            skip_reason = CASE WHEN r.status = 'skipped' THEN r.skip_reason ELSE cr.skip_reason END,
-           last_error = r.error, lease_expires_at = NULL, updated_at = now()
+           last_error = CASE WHEN r.quiet THEN 'campaign_cancelled' ELSE r.error END,
+           lease_expires_at = NULL, updated_at = now()
       FROM r
      WHERE cr.id = r.id AND cr.campaign_id = $1 AND cr.status = 'sending' AND cr.send_attempts = r.token
-    RETURNING cr.id, cr.contact_id, cr.status, cr.ses_message_id, r.skip_reason, r.error
+    RETURNING cr.id, cr.contact_id, cr.status, cr.ses_message_id, r.skip_reason, r.error, r.quiet
 ),
 counted AS (
     UPDATE campaigns c
@@ -121,7 +135,7 @@ SELECT $1, u.id, u.contact_id, k.client_id, k.audience_id,
            ELSE jsonb_build_object('reason', u.skip_reason, 'stage', 'send')
        END
   FROM updated u CROSS JOIN counted k
- WHERE u.status <> 'pending'";
+ WHERE u.status <> 'pending' AND NOT u.quiet";
 
 /// A recipient we hold.
 struct Claim {
@@ -270,7 +284,7 @@ impl CampaignHandler {
         for claim in pending {
             results.push(release(claim, ""));
         }
-        self.record(campaign_id, &results).await?;
+        record(&self.db, campaign_id, &results).await?;
 
         // Rows held by another delivery (only possible when some id was neither claimed nor
         // reclaimed here): come back when their lease ends.
@@ -353,43 +367,101 @@ impl CampaignHandler {
             configuration_set: self.settings.configuration_set.clone(),
         }
     }
+}
 
-    /// Writes the results, retrying briefly: a failure here is what could cause a double send
-    /// (the rows stay `sending` under their lease, so a redelivery does not send them again).
-    async fn record(&self, campaign_id: i64, results: &[SendResult]) -> anyhow::Result<()> {
-        if results.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
-        let tokens: Vec<i32> = results.iter().map(|r| r.token).collect();
-        let statuses: Vec<&str> = results.iter().map(|r| r.status).collect();
-        let ses: Vec<&str> = results.iter().map(|r| r.ses_message_id.as_str()).collect();
-        let errors: Vec<&str> = results.iter().map(|r| r.error.as_str()).collect();
-        let skips: Vec<&str> = results.iter().map(|r| r.skip_reason.as_str()).collect();
-        db::with_retries(|| async {
-            let conn = self.db.get().await?;
-            let record = conn.prepare_cached(RECORD_SQL).await?;
-            conn.execute(
-                &record,
-                &[
-                    &campaign_id,
-                    &ids,
-                    &tokens,
-                    &statuses,
-                    &ses,
-                    &errors,
-                    &skips,
-                ],
-            )
-            .await?;
-            anyhow::Ok(())
-        })
-        .await
-        .context("recording campaign send results")?;
-        let sent = statuses.iter().filter(|s| **s == "sent").count();
-        metrics::counter!("datamailer_campaign_recipients_sent_total").increment(sent as u64);
-        Ok(())
+/// Writes the results, retrying briefly: a failure here is what could cause a double send
+/// (the rows stay `sending` under their lease, so a redelivery does not send them again).
+async fn record(db: &Db, campaign_id: i64, results: &[SendResult]) -> anyhow::Result<()> {
+    if results.is_empty() {
+        return Ok(());
     }
+    let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+    let tokens: Vec<i32> = results.iter().map(|r| r.token).collect();
+    let statuses: Vec<&str> = results.iter().map(|r| r.status).collect();
+    let ses: Vec<&str> = results.iter().map(|r| r.ses_message_id.as_str()).collect();
+    let errors: Vec<&str> = results.iter().map(|r| r.error.as_str()).collect();
+    let skips: Vec<&str> = results.iter().map(|r| r.skip_reason.as_str()).collect();
+    db::with_retries(|| async {
+        let conn = db.get().await?;
+        let record = conn.prepare_cached(RECORD_SQL).await?;
+        conn.execute(
+            &record,
+            &[
+                &campaign_id,
+                &ids,
+                &tokens,
+                &statuses,
+                &ses,
+                &errors,
+                &skips,
+            ],
+        )
+        .await?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("recording campaign send results")?;
+    let sent = statuses.iter().filter(|s| **s == "sent").count();
+    metrics::counter!("datamailer_campaign_recipients_sent_total").increment(sent as u64);
+    Ok(())
+}
+
+/// `sending` rows of cancelled campaigns whose lease ended (their worker died around the SES
+/// call after the cancel): `sent` when the ledger saw SES accept them, else skipped as
+/// cancelled. No campaign is left with a recipient in flight for ever.
+const CANCELLED_IN_FLIGHT_SQL: &str = "
+SELECT r.campaign_id, r.id, r.send_attempts
+  FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
+ WHERE c.status = 'cancelled' AND r.status = 'sending'
+   AND r.lease_expires_at < now() - make_interval(secs => $1)
+ ORDER BY r.campaign_id LIMIT 1000";
+
+pub(super) async fn settle_cancelled(
+    db: &Db,
+    ledger: &SendLedger,
+    ledger_delay: Duration,
+) -> anyhow::Result<u64> {
+    let rows = db
+        .get()
+        .await?
+        .query(CANCELLED_IN_FLIGHT_SQL, &[&ledger_delay.as_secs_f64()])
+        .await
+        .context("finding in-flight recipients of cancelled campaigns")?;
+    let mut by_campaign: BTreeMap<i64, Vec<(i64, i32)>> = BTreeMap::new();
+    for row in &rows {
+        by_campaign
+            .entry(row.get(0))
+            .or_default()
+            .push((row.get(1), row.get(2)));
+    }
+    for (campaign_id, claims) in by_campaign {
+        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
+        let accepted = ledger.accepted(KIND, &ids).await?;
+        let results: Vec<SendResult> = claims
+            .into_iter()
+            .map(|(id, token)| match accepted.get(&id) {
+                Some(ses_id) => SendResult {
+                    id,
+                    token,
+                    status: "sent",
+                    ses_message_id: ses_id.clone(),
+                    error: String::new(),
+                    skip_reason: String::new(),
+                },
+                // Given back: the record skips it, the campaign being cancelled.
+                None => release(
+                    Claim {
+                        id,
+                        token,
+                        email: String::new(),
+                    },
+                    "",
+                ),
+            })
+            .collect();
+        record(db, campaign_id, &results).await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// A claimed row given back: `pending`, no event.

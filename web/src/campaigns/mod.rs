@@ -330,7 +330,8 @@ pub async fn cancel_campaign(
     }
     let skipped: i64 = sqlx::query_scalar(
         "WITH s AS (
-            UPDATE campaign_recipients SET status = 'skipped', last_error = 'campaign_cancelled',
+            UPDATE campaign_recipients SET status = 'skipped', skip_reason = 'campaign_cancelled',
+                   last_error = 'campaign_cancelled',
                    updated_at = now()
              WHERE campaign_id = $1 AND status = 'pending' RETURNING 1)
          SELECT count(*) FROM s",
