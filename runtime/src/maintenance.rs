@@ -7,7 +7,8 @@
 //! * A pass takes the **maintainer lease** (a row in `maintenance_lease`) so only one
 //!   maintainer acts at a time across every process and Lambda environment; a pass that finds
 //!   the lease held elsewhere does nothing and says so. The lease expires by itself if its
-//!   holder dies.
+//!   holder hangs, and is free at once when the holder's process dies (its database session
+//!   is gone).
 //! * Which tasks are due is kept in Postgres (`maintenance_runs`), so a scheduled Lambda
 //!   invocation (stateless) and a long-lived process agree, and operators can see when each
 //!   task last ran, how it went and what it did.
@@ -35,7 +36,8 @@ pub const QUEUE: &str = "maintenance";
 /// webhooks is a task that runs every pass, and callbacks should go out within seconds.
 pub const TICK: Duration = Duration::from_secs(2);
 /// The lease outlives a couple of missed ticks, then another maintainer may take over (a
-/// maintainer that stops gracefully gives it back at once).
+/// maintainer that stops gracefully gives it back at once; one that is killed loses it as
+/// soon as its database session ends).
 pub const LEASE_TTL: Duration = Duration::from_secs(45);
 
 /// What a task did in one run.
@@ -124,14 +126,18 @@ pub struct Maintainer {
     release_after_pass: bool,
 }
 
+/// Ours when we hold it, it expired, or the session that last renewed it is gone (its
+/// process died; migration 0018). A live holder whose renewing connection was merely closed
+/// loses the lease too: it sees so at its next renewal and stops.
 const TAKE_LEASE_SQL: &str = "
-INSERT INTO maintenance_lease (name, holder, acquired_at, expires_at)
-VALUES ('maintainer', $1, now(), now() + make_interval(secs => $2))
+INSERT INTO maintenance_lease (name, holder, acquired_at, expires_at, holder_pid)
+VALUES ('maintainer', $1, now(), now() + make_interval(secs => $2), pg_backend_pid())
 ON CONFLICT (name) DO UPDATE
-SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at,
+SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, holder_pid = EXCLUDED.holder_pid,
     acquired_at = CASE WHEN maintenance_lease.holder = EXCLUDED.holder
                        THEN maintenance_lease.acquired_at ELSE now() END
 WHERE maintenance_lease.holder = EXCLUDED.holder OR maintenance_lease.expires_at < now()
+   OR NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = maintenance_lease.holder_pid)
 RETURNING holder";
 
 const DUE_SQL: &str = "

@@ -170,6 +170,43 @@ async fn a_dead_holders_lease_expires_and_another_maintainer_takes_over() {
     test_db.drop_db().await;
 }
 
+/// A holder killed outright (its connections close as its process dies) frees the lease at
+/// once: the next maintainer does not wait out the TTL.
+#[tokio::test]
+async fn a_killed_holders_lease_is_taken_without_waiting_for_its_ttl() {
+    let Some((test_db, db)) = setup().await else {
+        return;
+    };
+    let task = Counting::new("t", Duration::ZERO);
+    let doomed_db = Db::connect(&test_db.url, &PoolSettings::default()).unwrap();
+    let doomed = Maintainer::new(doomed_db.clone(), vec![task.clone()])
+        .with_lease_ttl(Duration::from_secs(600));
+    let b = Maintainer::new(db.clone(), vec![task.clone()]);
+    doomed.run_pass(&ctx(), PassMode::All).await.unwrap();
+    assert!(matches!(
+        b.run_pass(&ctx(), PassMode::All).await.unwrap(),
+        PassReport::Skipped { holder } if holder == doomed.holder()
+    ));
+    drop(doomed);
+    drop(doomed_db); // every connection of the "process" closes
+    let started = std::time::Instant::now();
+    loop {
+        // Postgres ends the backend as it reads the closed socket: within moments.
+        match b.run_pass(&ctx(), PassMode::All).await.unwrap() {
+            PassReport::Ran { .. } => break,
+            PassReport::Skipped { .. } => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the dead holder's lease was not taken (TTL 600 s)"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(task.runs.load(Ordering::SeqCst), 2);
+    test_db.drop_db().await;
+}
+
 #[tokio::test]
 async fn the_maintenance_tree_runs_passes_on_its_clock_until_shut_down() {
     let Some((test_db, db)) = setup().await else {
