@@ -71,6 +71,9 @@ UPDATE campaigns c SET status = 'sent', sent_at = now(), updated_at = now()
    AND NOT EXISTS (SELECT 1 FROM campaign_recipients r
                     WHERE r.campaign_id = c.id AND r.status IN ('pending', 'sending'))";
 
+/// A snapshot at least this large refreshes `campaign_recipients`' statistics.
+const ANALYZE_AFTER: u64 = 1000;
+
 pub async fn fan_out(
     db: &Db,
     producer: &Producer,
@@ -117,6 +120,15 @@ pub async fn fan_out(
             .context("snapshotting the campaign's recipients")?;
         tx.commit().await?;
         report.snapshotted = inserted.map_or(0, |r| r.get::<_, i64>(0) as u64);
+        if report.snapshotted >= ANALYZE_AFTER {
+            // Fresh statistics before the sends: with the table's old ones (autovacuum comes a
+            // minute later at best) the planner takes the new rows for a handful and claims a
+            // batch by scanning every pending row of the campaign (quadratic in its size).
+            // Without the owner's rights this is a warning, not an error.
+            conn.batch_execute("ANALYZE campaign_recipients")
+                .await
+                .context("analyzing campaign_recipients after the snapshot")?;
+        }
     } else if status != "sending" {
         // draft, cancelled, sent, failed: nothing to fan out.
         return Ok(Some(report));

@@ -86,22 +86,10 @@ SELECT coalesce(max(extract(epoch FROM lease_expires_at - now())), 0)::float8, c
   FROM campaign_recipients WHERE id = ANY ($1) AND campaign_id = $2 AND status = 'sending'";
 
 /// Every result in one statement: the row (fenced), the campaign's counters, the events.
-/// A row given back (`pending`) to a campaign cancelled meanwhile is skipped as the cancel
-/// skipped the others (`campaign_cancelled`, no event). The campaign row is locked first, so a
-/// cancel either sees these rows `pending` or runs after them: none is left `pending`.
 const RECORD_SQL: &str = "
-WITH k AS (
-    SELECT status = 'cancelled' AS cancelled FROM campaigns WHERE id = $1 FOR UPDATE
-),
-r AS (
-    SELECT r.id, r.token, r.ses_message_id, r.error,
-           CASE WHEN r.status = 'pending' AND k.cancelled THEN 'skipped' ELSE r.status END AS status,
-           CASE WHEN r.status = 'pending' AND k.cancelled THEN 'campaign_cancelled' ELSE r.skip_reason END
-               AS skip_reason,
-           r.status = 'pending' AND k.cancelled AS quiet
-      FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
-               AS r(id, token, status, ses_message_id, error, skip_reason)
-     CROSS JOIN k
+WITH r AS (
+    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
+        AS r(id, token, status, ses_message_id, error, skip_reason)
 ),
 updated AS (
     UPDATE campaign_recipients cr
@@ -109,11 +97,10 @@ updated AS (
            ses_message_id = CASE WHEN r.status = 'sent' THEN r.ses_message_id ELSE cr.ses_message_id END,
            sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE cr.sent_at END,
            skip_reason = CASE WHEN r.status = 'skipped' THEN r.skip_reason ELSE cr.skip_reason END,
-           last_error = CASE WHEN r.quiet THEN 'campaign_cancelled' ELSE r.error END,
-           lease_expires_at = NULL, updated_at = now()
+           last_error = r.error, lease_expires_at = NULL, updated_at = now()
       FROM r
      WHERE cr.id = r.id AND cr.campaign_id = $1 AND cr.status = 'sending' AND cr.send_attempts = r.token
-    RETURNING cr.id, cr.contact_id, cr.status, cr.ses_message_id, r.skip_reason, r.error, r.quiet
+    RETURNING cr.id, cr.contact_id, cr.status, cr.ses_message_id, r.skip_reason, r.error
 ),
 counted AS (
     UPDATE campaigns c
@@ -135,7 +122,26 @@ SELECT $1, u.id, u.contact_id, k.client_id, k.audience_id,
            ELSE jsonb_build_object('reason', u.skip_reason, 'stage', 'send')
        END
   FROM updated u CROSS JOIN counted k
- WHERE u.status <> 'pending' AND NOT u.quiet";
+ WHERE u.status <> 'pending'";
+
+/// Rows given back to `pending` (`$2`, or every pending row when `$2` is NULL) of a campaign
+/// cancelled meanwhile are skipped as the cancel skipped the others (no event). Run after
+/// the record commits; what a cancel racing both statements leaves behind, the `campaigns`
+/// maintenance task skips with this same statement.
+pub(super) const SKIP_CANCELLED_SQL: &str = "
+WITH s AS (
+    UPDATE campaign_recipients r
+       SET status = 'skipped', skip_reason = 'campaign_cancelled', last_error = 'campaign_cancelled',
+           updated_at = now()
+      FROM campaigns c
+     WHERE c.id = $1 AND c.status = 'cancelled' AND r.campaign_id = c.id AND r.status = 'pending'
+       AND ($2::bigint[] IS NULL OR r.id = ANY ($2))
+    RETURNING 1
+)
+UPDATE campaigns
+   SET skipped_count = skipped_count + (SELECT count(*) FROM s),
+       recipient_count = greatest(recipient_count - (SELECT count(*) FROM s), 0), updated_at = now()
+ WHERE id = $1 AND EXISTS (SELECT 1 FROM s)";
 
 /// A recipient we hold.
 struct Claim {
@@ -285,6 +291,19 @@ impl CampaignHandler {
             results.push(release(claim, ""));
         }
         record(&self.db, campaign_id, &results).await?;
+        let released: Vec<i64> = results
+            .iter()
+            .filter(|r| r.status == "pending")
+            .map(|r| r.id)
+            .collect();
+        if !released.is_empty() {
+            self.db
+                .get()
+                .await?
+                .execute(SKIP_CANCELLED_SQL, &[&campaign_id, &Some(released)])
+                .await
+                .context("skipping the given-back rows of a cancelled campaign")?;
+        }
 
         // Rows held by another delivery (only possible when some id was neither claimed nor
         // reclaimed here): come back when their lease ends.
@@ -408,7 +427,8 @@ async fn record(db: &Db, campaign_id: i64, results: &[SendResult]) -> anyhow::Re
 
 /// `sending` rows of cancelled campaigns whose lease ended (their worker died around the SES
 /// call after the cancel): `sent` when the ledger saw SES accept them, else skipped as
-/// cancelled. No campaign is left with a recipient in flight for ever.
+/// cancelled; then any `pending` row a cancelled campaign still has is skipped. No cancelled
+/// campaign is left with a recipient pending or in flight.
 const CANCELLED_IN_FLIGHT_SQL: &str = "
 SELECT r.campaign_id, r.id, r.send_attempts
   FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
@@ -461,8 +481,27 @@ pub(super) async fn settle_cancelled(
             .collect();
         record(db, campaign_id, &results).await?;
     }
-    Ok(rows.len() as u64)
+    // Rows given back to `pending` here, or by a send racing the cancel.
+    let conn = db.get().await?;
+    let mut skipped = 0;
+    for row in conn
+        .query(CANCELLED_PENDING_SQL, &[])
+        .await
+        .context("finding pending recipients of cancelled campaigns")?
+    {
+        let campaign_id: i64 = row.get(0);
+        skipped += conn
+            .execute(SKIP_CANCELLED_SQL, &[&campaign_id, &None::<Vec<i64>>])
+            .await
+            .context("skipping pending recipients of a cancelled campaign")?;
+    }
+    Ok(rows.len() as u64 + skipped)
 }
+
+const CANCELLED_PENDING_SQL: &str = "
+SELECT id FROM campaigns c
+ WHERE status = 'cancelled'
+   AND EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id AND r.status = 'pending')";
 
 /// A claimed row given back: `pending`, no event.
 fn release(claim: Claim, error: &str) -> SendResult {
