@@ -166,8 +166,96 @@ pub fn is_allowed_destination(url: &str) -> bool {
         && !url.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
+/// The SHA-256 hex under which the original stored its tokens (facts §3.8:
+/// `secrets.token_urlsafe(32)`, 43 base64url characters), if `token` has that shape. Links in
+/// mail the original sent before the move carry such tokens; `import-original` copies the
+/// hashes, so they keep working here. Our own tokens never have this length.
+pub fn legacy_token_hash(token: &str) -> Option<String> {
+    use sha2::Digest;
+    (token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// The lowercased host of an http(s) URL.
+fn destination_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    let host = host.split(':').next()?.trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether the campaign's HTML links to `url`'s host. The original's click links are not
+/// signed: for its tokens this stands in for our signature, so an old link still goes where
+/// the campaign pointed (any path or query there, which per-recipient links may vary) and
+/// nowhere else: no open redirect.
+pub fn campaign_links_to_host(html: &str, url: &str) -> bool {
+    let Some(wanted) = destination_host(url) else {
+        return false;
+    };
+    let lower = html.to_ascii_lowercase();
+    ["https://", "http://"].iter().any(|scheme| {
+        lower.match_indices(scheme).any(|(at, _)| {
+            let link = lower[at..]
+                .split(['"', '\'', '<', '>', ')', ' ', '\t', '\r', '\n'])
+                .next()
+                .unwrap_or("");
+            destination_host(link).as_deref() == Some(wanted.as_str())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn legacy_tokens_are_the_originals_shape_only() {
+        let token = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ-_01234"; // 43
+        assert_eq!(token.len(), 43);
+        assert_eq!(legacy_token_hash(token).unwrap().len(), 64);
+        assert_eq!(
+            legacy_token_hash("abc").map(|_| ()),
+            None,
+            "too short for the original's token"
+        );
+        assert_eq!(legacy_token_hash(&format!("{token}x")), None);
+        assert_eq!(legacy_token_hash(&token.replace('a', "+")), None);
+        assert_eq!(legacy_token_hash(&token.replace('a', "é")), None);
+        // As Python's hashlib.sha256(token.encode()).hexdigest().
+        assert_eq!(
+            legacy_token_hash("Jz3p4Xo2m0CxL5Vn8YcQdEwRtUyIoPaSdFgHjKlZ9_-").as_deref(),
+            Some("ad0aa1ec904a83fa86cc50d64aea0692edff81af30ef301488c829d17b1be689")
+        );
+    }
+
+    #[test]
+    fn an_unsigned_click_goes_only_to_a_host_the_campaign_links_to() {
+        let html = r#"<p><a href="https://Blog.Example.com/post?id=1">Read</a>
+            <a href='http://shop.example.org:8080/x'>Shop</a> https://plain.example.net/y</p>"#;
+        for ok in [
+            "https://blog.example.com/other?utm=1",
+            "http://blog.example.com/",
+            "https://shop.example.org/x",
+            "https://plain.example.net",
+        ] {
+            assert!(campaign_links_to_host(html, ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example.com/",
+            "https://blog.example.com.evil.test/",
+            "https://evil.test/?https://blog.example.com",
+            "https://blog.example.com@evil.test/",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert!(!campaign_links_to_host(html, bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn keys() -> TrackingKeys {

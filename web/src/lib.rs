@@ -57,6 +57,8 @@ pub struct AppState {
     pub(crate) tracking_async: bool,
     /// The tracking-token keys, read from the database on first use.
     tracking_keys: Arc<tokio::sync::OnceCell<datamailer_core::tracking::TrackingKeys>>,
+    /// Whether recipients moved from the original carry its tokens (looked up once a minute).
+    pub(crate) legacy_tokens: Arc<tracking::LegacyTokens>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             audiences: Arc::default(),
             outbound_policy: Arc::new(OutboundPolicy::default()),
             tracking_keys: Arc::default(),
+            legacy_tokens: Arc::default(),
             tracking_async: false,
         }
     }

@@ -6,6 +6,10 @@
 //! * `GET /unsubscribe/{token}` only shows the page (link scanners unsubscribe nobody);
 //!   `POST` unsubscribes: RFC 8058 one-click (`List-Unsubscribe=One-Click`, the client scope)
 //!   or the page's form with its `scope`.
+//! * Links in mail the original sent before the move carry its tokens (43 random characters,
+//!   stored hashed; `import-original` copies the hashes): they keep working, looked up by
+//!   hash. Their click links are not signed, so they redirect only to a host the campaign's
+//!   HTML links to. Until some imported recipient has a token, such a token costs no query.
 //! * Machine traffic is recorded but kept out of the counters: a HEAD request, or a hit
 //!   within 3 s of the send (`campaign_engage`, migration 0017) (mail scanners and privacy proxies fetch at
 //!   delivery, people do not). Its event carries `machine: true` and why.
@@ -15,7 +19,9 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use datamailer_core::contracts::{EmailEventType, EmailEventV1};
 use datamailer_core::queue::QueueName;
-use datamailer_core::tracking::{is_allowed_destination, Purpose};
+use datamailer_core::tracking::{
+    campaign_links_to_host, is_allowed_destination, legacy_token_hash, Purpose,
+};
 use datamailer_runtime::producer::PG_ENQUEUE_SQL;
 use serde::Deserialize;
 use serde_json::json;
@@ -111,6 +117,66 @@ async fn engage(
     Ok(true)
 }
 
+/// Whether any recipient carries one of the original's token hashes, read at most once a
+/// minute (so an import made while the web runs is seen within a minute).
+#[derive(Default)]
+pub struct LegacyTokens {
+    checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+impl LegacyTokens {
+    async fn present(&self, db: &sqlx::PgPool) -> bool {
+        if let Some((at, present)) = *self.checked.lock().expect("legacy flag") {
+            if at.elapsed() < std::time::Duration::from_secs(60) {
+                return present;
+            }
+        }
+        let present = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM campaign_recipients WHERE tracking_token_hash IS NOT NULL)",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap_or(false);
+        *self.checked.lock().expect("legacy flag") = Some((std::time::Instant::now(), present));
+        present
+    }
+}
+
+/// Which of the original's two token columns a token is looked up in.
+#[derive(Clone, Copy)]
+enum LegacyColumn {
+    Tracking,
+    Unsubscribe,
+}
+
+/// The recipient (and its campaign's HTML) one of the original's tokens names.
+async fn legacy_recipient(
+    state: &AppState,
+    column: LegacyColumn,
+    token: &str,
+) -> Option<(i64, String)> {
+    let hash = legacy_token_hash(token)?;
+    if !state.legacy_tokens.present(&state.db).await {
+        return None;
+    }
+    let sql = match column {
+        LegacyColumn::Tracking => {
+            "SELECT r.id, c.html_body FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
+              WHERE r.tracking_token_hash = $1"
+        }
+        LegacyColumn::Unsubscribe => {
+            "SELECT r.id, c.html_body FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
+              WHERE r.unsubscribe_token_hash = $1"
+        }
+    };
+    sqlx::query_as(sql)
+        .bind(hash)
+        .fetch_optional(&state.db)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `GET /t/o/{token}.gif` (HEAD too, as a machine hit).
 pub async fn open_pixel(
     State(state): State<AppState>,
@@ -123,8 +189,12 @@ pub async fn open_pixel(
     let Ok(keys) = state.tracking_keys().await else {
         return gif(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(recipient) = keys.verify(Purpose::Tracking, token) else {
-        return gif(StatusCode::NOT_FOUND);
+    let recipient = match keys.verify(Purpose::Tracking, token) {
+        Some(id) => id,
+        None => match legacy_recipient(&state, LegacyColumn::Tracking, token).await {
+            Some((id, _)) => id,
+            None => return gif(StatusCode::NOT_FOUND),
+        },
     };
     match engage(
         &state,
@@ -165,12 +235,14 @@ pub async fn click(
     let Ok(keys) = state.tracking_keys().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let Some(recipient) = keys.verify(Purpose::Tracking, &token) else {
-        return invalid_redirect();
+    let recipient = match keys.verify(Purpose::Tracking, &token) {
+        Some(id) if keys.verify_click(&token, &q.u, &q.s) => id,
+        Some(_) => return invalid_redirect(),
+        None => match legacy_recipient(&state, LegacyColumn::Tracking, &token).await {
+            Some((id, html)) if campaign_links_to_host(&html, &q.u) => id,
+            _ => return invalid_redirect(),
+        },
     };
-    if !keys.verify_click(&token, &q.u, &q.s) {
-        return invalid_redirect();
-    }
     match engage(
         &state,
         recipient,
@@ -201,7 +273,14 @@ struct Recipient {
 
 async fn recipient_for(state: &AppState, token: &str) -> Option<Recipient> {
     let keys = state.tracking_keys().await.ok()?;
-    let id = keys.verify(Purpose::Unsubscribe, token)?;
+    let id = match keys.verify(Purpose::Unsubscribe, token) {
+        Some(id) => id,
+        None => {
+            legacy_recipient(state, LegacyColumn::Unsubscribe, token)
+                .await?
+                .0
+        }
+    };
     sqlx::query_as(
         "SELECT r.id, r.email, cl.name AS client_name, a.name AS audience_name
            FROM campaign_recipients r

@@ -55,6 +55,10 @@ impl Plan {
     }
 }
 
+/// How far past the original's largest id each sequence moves: room for the rows the original
+/// still makes between the first import and the cut-over.
+const ID_HEADROOM: i64 = 1_000_000;
+
 pub async fn import_original(config: Config, options: Options) -> anyhow::Result<()> {
     if options.batch_size < 1 {
         bail!("--batch-size: must be at least 1");
@@ -315,10 +319,14 @@ async fn copy(
     }
     bar.finish_and_clear();
     if plan.identity {
-        // New rows made here after the move must not reuse the original's ids.
+        // Rows made here must not take an id the original hands out before the cut-over
+        // (a catch-up would take its row for ours): the sequence jumps ID_HEADROOM past the
+        // original's largest id, once (a re-run leaves a sequence already past that alone).
         sqlx::raw_sql(&format!(
-            "SELECT setval(pg_get_serial_sequence('{name}', 'id'), max(id)) FROM {name} \
-             HAVING max(id) IS NOT NULL"
+            "SELECT setval(pg_get_serial_sequence('{name}', 'id'),
+                           greatest(max(id), {} + {ID_HEADROOM}))
+               FROM {name} HAVING max(id) IS NOT NULL",
+            plan.source_max_id
         ))
         .execute(&mut *target)
         .await?;
