@@ -46,6 +46,12 @@ pub struct Config {
     pub tracking_async: bool,
     /// `DATAMAILER_UNSUBSCRIBE_MAILTO`: a mailto in campaign mail's List-Unsubscribe header.
     pub unsubscribe_mailto: Option<String>,
+    /// `DATAMAILER_SNS_SIGNATURE_MODE` (`strict`, default, or `insecure` for local tests).
+    pub sns_insecure: bool,
+    /// `DATAMAILER_SNS_TOPIC_ARNS`: comma-separated topics `POST /webhooks/ses` accepts.
+    pub sns_topic_arns: Vec<String>,
+    /// `DATAMAILER_SNS_ALLOW_SUBSCRIPTION_CONFIRMATION`: confirm SNS subscriptions.
+    pub sns_allow_subscription_confirmation: bool,
     /// Sends per second for SES; `None` disables the limiter.
     pub ses_max_send_rate: Option<f64>,
     /// `DATAMAILER_SES_RATE_SCOPE`: `account` (default; the rate holds across every process,
@@ -279,16 +285,35 @@ impl Config {
                 }
             },
         };
-        let tracking_async = match var("DATAMAILER_TRACKING_ASYNC").as_deref() {
+        let mut flag = |name: &str| match var(name).as_deref() {
             None | Some("false") | Some("0") => false,
             Some("true") | Some("1") => true,
             Some(other) => {
+                errors.push(format!("{name}: '{other}' must be true or false"));
+                false
+            }
+        };
+        let tracking_async = flag("DATAMAILER_TRACKING_ASYNC");
+        let sns_allow_subscription_confirmation =
+            flag("DATAMAILER_SNS_ALLOW_SUBSCRIPTION_CONFIRMATION");
+        let sns_insecure = match var("DATAMAILER_SNS_SIGNATURE_MODE").as_deref() {
+            None | Some("strict") => false,
+            Some("insecure") => true,
+            Some(other) => {
                 errors.push(format!(
-                    "DATAMAILER_TRACKING_ASYNC: '{other}' must be true or false"
+                    "DATAMAILER_SNS_SIGNATURE_MODE: '{other}' must be strict or insecure"
                 ));
                 false
             }
         };
+        let sns_topic_arns: Vec<String> = var("DATAMAILER_SNS_TOPIC_ARNS")
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let campaign_concurrency = match var("DATAMAILER_CAMPAIGN_CONCURRENCY") {
             None => 4,
             Some(raw) => match raw.parse::<usize>() {
@@ -325,6 +350,9 @@ impl Config {
             aws_endpoint_url: var("AWS_ENDPOINT_URL"),
             ses_configuration_set: var("AWS_SES_CONFIGURATION_SET"),
             unsubscribe_mailto: var("DATAMAILER_UNSUBSCRIBE_MAILTO"),
+            sns_insecure,
+            sns_topic_arns,
+            sns_allow_subscription_confirmation,
             ses_max_send_rate,
             ses_rate_shared,
             ses_daily_reserve,

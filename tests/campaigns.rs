@@ -583,6 +583,21 @@ async fn kill_and_restart_until_sent(
     assert_eq!(stuck, 0);
 }
 
+/// One pass of every maintenance task, as `datamailer maintain --once` runs it.
+fn maintain_once(db: &TestDb) {
+    let out = Command::new(BIN)
+        .args(["maintain", "--once"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The fake SES endpoint (load-tests/fake-ses) on a free port, once it answers.
 async fn fake_ses(extra: &[&str]) -> (Process, String) {
     let port = free_port();
@@ -857,19 +872,7 @@ async fn a_scheduled_campaign_starts_when_due_by_maintenance() {
         json!({"audience": "news", "client": "shop"}),
     )
     .await;
-    let maintain = || {
-        let out = Command::new(BIN)
-            .args(["maintain", "--once"])
-            .env("DATABASE_URL", &db.url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let maintain = || maintain_once(&db);
     maintain();
     let c = api.campaign("later").await;
     assert_eq!(c["status"], "queued", "not before it is due: {c}");
@@ -1195,19 +1198,7 @@ async fn maintenance_settles_recipients_left_in_flight_by_a_cancelled_campaign()
     let Some((db, api, id)) = queued_campaign(30, "orphans").await else {
         return;
     };
-    let maintain = || {
-        let out = Command::new(BIN)
-            .args(["maintain", "--once"])
-            .env("DATABASE_URL", &db.url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let maintain = || maintain_once(&db);
     // The fan-out, by maintenance (no worker runs): 30 recipients pending.
     sqlx::query("UPDATE campaigns SET queued_at = now() - interval '1 hour' WHERE id = $1")
         .bind(id)

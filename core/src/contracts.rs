@@ -391,10 +391,15 @@ pub enum NotificationType {
     Complaint,
     Open,
     Click,
+    /// Beyond the original (which refused them): the other events a configuration set
+    /// publishes.
+    DeliveryDelay,
+    RenderingFailure,
+    Subscription,
 }
 
 impl NotificationType {
-    pub const ALL: [NotificationType; 7] = [
+    pub const ALL: [NotificationType; 10] = [
         NotificationType::Send,
         NotificationType::Reject,
         NotificationType::Delivery,
@@ -402,6 +407,9 @@ impl NotificationType {
         NotificationType::Complaint,
         NotificationType::Open,
         NotificationType::Click,
+        NotificationType::DeliveryDelay,
+        NotificationType::RenderingFailure,
+        NotificationType::Subscription,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -413,6 +421,9 @@ impl NotificationType {
             NotificationType::Complaint => "complaint",
             NotificationType::Open => "open",
             NotificationType::Click => "click",
+            NotificationType::DeliveryDelay => "delivery_delay",
+            NotificationType::RenderingFailure => "rendering_failure",
+            NotificationType::Subscription => "subscription",
         }
     }
 }
@@ -831,7 +842,7 @@ mod tests {
         let v = with(ses(), "notification_type", json!("Bounce"));
         assert_eq!(
             message(SesWebhookV1::from_value(&v)),
-            "invalid field 'notification_type': must be one of send, reject, delivery, bounce, complaint, open, click"
+            "invalid field 'notification_type': must be one of send, reject, delivery, bounce, complaint, open, click, delivery_delay, rendering_failure, subscription"
         );
         let v = with(event(), "event_type", json!("bounce"));
         assert!(EmailEventV1::from_value(&v).is_err());

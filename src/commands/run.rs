@@ -88,7 +88,17 @@ async fn run_web(
     .with_outbound_policy(OutboundPolicy::from_allow_list(
         &config.outbound_allow_hosts,
     ))
-    .with_tracking_async(config.tracking_async);
+    .with_tracking_async(config.tracking_async)
+    .with_sns_ingress(datamailer_web::ses_ingress::SnsIngress::new(
+        if config.sns_insecure {
+            tracing::warn!("DATAMAILER_SNS_SIGNATURE_MODE=insecure: POST /webhooks/ses checks no signature (local testing only)");
+            datamailer_web::ses_ingress::SignatureMode::Insecure
+        } else {
+            datamailer_web::ses_ingress::SignatureMode::Strict
+        },
+        config.sns_topic_arns.clone(),
+        config.sns_allow_subscription_confirmation,
+    ));
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_HTTP_ADDR {}", config.http_addr))?;

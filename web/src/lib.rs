@@ -25,6 +25,7 @@ pub mod scope;
 mod send;
 pub mod send_writer;
 mod senders;
+pub mod ses_ingress;
 mod subscriptions;
 mod templates;
 pub mod tracking;
@@ -59,6 +60,8 @@ pub struct AppState {
     tracking_keys: Arc<tokio::sync::OnceCell<datamailer_core::tracking::TrackingKeys>>,
     /// Whether recipients moved from the original carry its tokens (looked up once a minute).
     pub(crate) legacy_tokens: Arc<tracking::LegacyTokens>,
+    /// `POST /webhooks/ses`: SNS signature settings and certificate cache.
+    pub(crate) sns_ingress: Arc<ses_ingress::SnsIngress>,
 }
 
 impl AppState {
@@ -73,8 +76,29 @@ impl AppState {
             outbound_policy: Arc::new(OutboundPolicy::default()),
             tracking_keys: Arc::default(),
             legacy_tokens: Arc::default(),
+            sns_ingress: Arc::default(),
             tracking_async: false,
         }
+    }
+
+    /// How `POST /webhooks/ses` authenticates SNS (strict, with no allowed topic, by default).
+    pub fn with_sns_ingress(mut self, ingress: ses_ingress::SnsIngress) -> Self {
+        self.sns_ingress = Arc::new(ingress);
+        self
+    }
+
+    /// Puts one message on `queue`: in Postgres at once, or on SQS.
+    pub(crate) async fn enqueue(&self, queue: &str, body: String) -> anyhow::Result<()> {
+        if self.producer.writes_in_transaction() {
+            sqlx::query(datamailer_runtime::producer::PG_ENQUEUE_SQL)
+                .bind(queue)
+                .bind(&body)
+                .execute(&self.db)
+                .await?;
+        } else {
+            self.producer.send_after_commit(queue, vec![body]).await?;
+        }
+        Ok(())
     }
 
     /// Opens and clicks are enqueued as `email-events` messages instead of written at once.
@@ -432,6 +456,7 @@ pub fn router(state: AppState) -> Router {
             get(tracking::open_pixel).head(tracking::open_pixel),
         )
         .route("/t/c/{token}", get(tracking::click).head(tracking::click))
+        .route("/webhooks/ses", post(ses_ingress::receive))
         .route(
             "/unsubscribe/{token}",
             get(tracking::unsubscribe_page).post(tracking::unsubscribe),

@@ -22,7 +22,6 @@ use datamailer_core::queue::QueueName;
 use datamailer_core::tracking::{
     campaign_links_to_host, is_allowed_destination, legacy_token_hash, Purpose,
 };
-use datamailer_runtime::producer::PG_ENQUEUE_SQL;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -104,16 +103,7 @@ async fn engage(
         metadata: Some(metadata),
     }
     .to_json();
-    let queue = QueueName::EmailEvents.as_str();
-    if state.producer.writes_in_transaction() {
-        sqlx::query(PG_ENQUEUE_SQL)
-            .bind(queue)
-            .bind(&body)
-            .execute(&state.db)
-            .await?;
-    } else {
-        state.producer.send_after_commit(queue, vec![body]).await?;
-    }
+    state.enqueue(QueueName::EmailEvents.as_str(), body).await?;
     Ok(true)
 }
 

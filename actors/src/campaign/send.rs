@@ -41,11 +41,14 @@ WITH c AS (
      WHERE id = $1 AND status = 'sending' AND paused_at IS NULL
 ),
 claimed AS (
+    -- `IS TRUE` keeps the campaign and status tests out of the (campaign_id, status) index:
+    -- with statistics older than the snapshot the planner would otherwise scan every pending
+    -- row of the campaign for each batch (quadratic); this way the ids go by primary key.
     UPDATE campaign_recipients r
        SET status = 'sending', lease_expires_at = now() + make_interval(secs => $3),
            send_attempts = r.send_attempts + 1, updated_at = now()
       FROM c
-     WHERE r.id = ANY ($2) AND r.campaign_id = c.id AND r.status = 'pending'
+     WHERE r.id = ANY ($2) AND (r.campaign_id = c.id AND r.status = 'pending') IS TRUE
     RETURNING r.id, r.send_attempts, r.contact_id, r.email
 )
 SELECT cl.id, cl.send_attempts, cl.email,
