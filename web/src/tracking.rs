@@ -149,17 +149,14 @@ async fn legacy_recipient(
     if !state.legacy_tokens.present(&state.db).await {
         return None;
     }
-    let sql = match column {
-        LegacyColumn::Tracking => {
-            "SELECT r.id, c.html_body FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
-              WHERE r.tracking_token_hash = $1"
-        }
-        LegacyColumn::Unsubscribe => {
-            "SELECT r.id, c.html_body FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
-              WHERE r.unsubscribe_token_hash = $1"
-        }
+    let column = match column {
+        LegacyColumn::Tracking => "tracking_token_hash",
+        LegacyColumn::Unsubscribe => "unsubscribe_token_hash",
     };
-    sqlx::query_as(sql)
+    sqlx::query_as(&format!(
+        "SELECT r.id, c.html_body FROM campaign_recipients r JOIN campaigns c ON c.id = r.campaign_id
+          WHERE r.{column} = $1"
+    ))
         .bind(hash)
         .fetch_optional(&state.db)
         .await
