@@ -76,6 +76,10 @@ pub struct Config {
     pub cmp_webhook: Option<(String, String)>,
     /// `CMP_WEBHOOK_TIMEOUT_SECONDS`: the most one webhook POST may take.
     pub cmp_webhook_timeout: std::time::Duration,
+    /// The SES feedback rules (`DATAMAILER_SOFT_BOUNCE_LIMIT`, `..._WINDOW_HOURS`,
+    /// `DATAMAILER_BOUNCE_RATE_THRESHOLD`, `DATAMAILER_COMPLAINT_RATE_THRESHOLD`,
+    /// `DATAMAILER_REPUTATION_MIN_SAMPLE`, `DATAMAILER_REPUTATION_WINDOW_SENDS`).
+    pub feedback: datamailer_actors::ses_webhooks::FeedbackSettings,
 }
 
 /// The SES call timeout unless `DATAMAILER_SES_TIMEOUT_SECONDS` says otherwise.
@@ -337,6 +341,7 @@ impl Config {
                 }
             },
         };
+        let feedback = feedback_settings(&mut errors);
         let config = Config {
             database_url: var("DATABASE_URL"),
             database_secret_arn: var("DATAMAILER_DATABASE_SECRET_ARN"),
@@ -371,6 +376,7 @@ impl Config {
             outbound_allow_hosts: var("DATAMAILER_OUTBOUND_ALLOW_HOSTS").unwrap_or_default(),
             cmp_webhook,
             cmp_webhook_timeout,
+            feedback,
         };
         if errors.is_empty() {
             Ok(config)
@@ -386,4 +392,70 @@ impl Config {
     pub fn needs_aws(&self) -> bool {
         self.queue_backend == QueueBackend::Sqs || self.mailer == MailerKind::Ses
     }
+}
+
+/// The feedback rules from the environment, each bad value reported.
+fn feedback_settings(
+    errors: &mut Vec<String>,
+) -> datamailer_actors::ses_webhooks::FeedbackSettings {
+    let mut s = datamailer_actors::ses_webhooks::FeedbackSettings::default();
+    let mut number = |name: &str, min: f64, max: f64, what: &str| -> Option<f64> {
+        let raw = var(name)?;
+        match raw.parse::<f64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                errors.push(format!("{name}: '{raw}' must be {what}"));
+                None
+            }
+        }
+    };
+    if let Some(n) = number(
+        "DATAMAILER_SOFT_BOUNCE_LIMIT",
+        0.0,
+        100.0,
+        "a whole number from 0 (off) to 100",
+    ) {
+        s.soft_bounce_limit = n as i32;
+    }
+    if let Some(h) = number(
+        "DATAMAILER_SOFT_BOUNCE_WINDOW_HOURS",
+        0.001,
+        8760.0,
+        "a number of hours above 0 and at most 8760",
+    ) {
+        s.soft_bounce_window = std::time::Duration::from_secs_f64(h * 3600.0);
+    }
+    if let Some(r) = number(
+        "DATAMAILER_BOUNCE_RATE_THRESHOLD",
+        0.0001,
+        1.0,
+        "a fraction above 0 and at most 1 (0.04 is 4 %)",
+    ) {
+        s.bounce_threshold = r;
+    }
+    if let Some(r) = number(
+        "DATAMAILER_COMPLAINT_RATE_THRESHOLD",
+        0.00001,
+        1.0,
+        "a fraction above 0 and at most 1 (0.0008 is 0.08 %)",
+    ) {
+        s.complaint_threshold = r;
+    }
+    if let Some(n) = number(
+        "DATAMAILER_REPUTATION_MIN_SAMPLE",
+        1.0,
+        10_000_000.0,
+        "a whole number of sends from 1",
+    ) {
+        s.min_sample = n as i32;
+    }
+    if let Some(n) = number(
+        "DATAMAILER_REPUTATION_WINDOW_SENDS",
+        1.0,
+        10_000_000.0,
+        "a whole number of sends from 1",
+    ) {
+        s.account_window = n as i64;
+    }
+    s
 }

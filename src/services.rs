@@ -117,6 +117,7 @@ impl Services {
             campaign_batch_size: self.config.campaign_batch_size,
             campaign_lease: self.config.campaign_lease,
             campaign_batch_horizon: self.config.campaign_batch_horizon,
+            feedback: self.config.feedback,
         }
     }
 

@@ -15,6 +15,8 @@ use datamailer_runtime::Handler;
 
 use crate::campaign::{CampaignHandler, CampaignMaintenance, CampaignSettings};
 use crate::email_events::EmailEventsHandler;
+use crate::reputation::ReputationGuard;
+use crate::ses_webhooks::{FeedbackSettings, SesWebhooksHandler};
 use crate::transactional::{RequeueStaleRows, TransactionalHandler, TransactionalSettings};
 use crate::webhooks::{DispatchWebhooks, WebhookSettings};
 
@@ -38,6 +40,8 @@ pub struct Deps {
     pub campaign_batch_size: usize,
     pub campaign_lease: Duration,
     pub campaign_batch_horizon: Duration,
+    /// The SES feedback rules' thresholds.
+    pub feedback: FeedbackSettings,
 }
 
 impl Deps {
@@ -85,7 +89,9 @@ fn build_handler(queue: QueueName) -> Option<Build> {
             ))
         }),
         QueueName::EmailEvents => Some(|deps| Arc::new(EmailEventsHandler::new(deps.db.clone()))),
-        QueueName::SesWebhooks => None,
+        QueueName::SesWebhooks => {
+            Some(|deps| Arc::new(SesWebhooksHandler::new(deps.db.clone(), deps.feedback)))
+        }
     }
 }
 
@@ -126,6 +132,10 @@ pub fn maintenance_tasks(deps: &Deps) -> Vec<Arc<dyn MaintenanceTask>> {
                 ledger_delay: deps.sender.ledger_delay(),
                 stalled_after: Duration::from_secs(60),
             }
+        }),
+        Arc::new(ReputationGuard {
+            db: deps.db.clone(),
+            settings: deps.feedback,
         }),
         Arc::new(DispatchWebhooks {
             db: deps.db.clone(),

@@ -6,6 +6,7 @@ pub mod apikey;
 pub mod campaign;
 pub mod contracts;
 pub mod email;
+pub mod feedback;
 pub mod fields;
 pub mod pyjson;
 pub mod queue;

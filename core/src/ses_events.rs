@@ -143,6 +143,7 @@ pub fn from_event(
         NotificationType::Bounce => listed("bouncedRecipients", Some("emailAddress")),
         NotificationType::Complaint => listed("complainedRecipients", Some("emailAddress")),
         NotificationType::Delivery => listed("recipients", None),
+        NotificationType::DeliveryDelay => listed("delayedRecipients", Some("emailAddress")),
         _ => Vec::new(),
     };
     if !recipients.is_empty() {

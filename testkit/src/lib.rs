@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
+pub mod ses;
+
 /// The server that tests create their databases on.
 pub fn admin_url() -> String {
     std::env::var("DATAMAILER_TEST_DATABASE_URL")
