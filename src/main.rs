@@ -147,6 +147,16 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         probe_wait: u64,
     },
+    /// Who we no longer mail: SES's account suppression list imported, listed, added, removed.
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionAction,
+    },
+    /// The account-wide reputation guard: its rates and state; `resume` ends a pause.
+    Reputation {
+        #[command(subcommand)]
+        action: Option<ReputationAction>,
+    },
     /// Re-enqueue transactional messages stuck in `queued` or in `sending` past their lease.
     Reenqueue {
         #[arg(long, default_value_t = 5)]
@@ -170,6 +180,47 @@ enum DlqAction {
         #[arg(long)]
         queue: String,
     },
+}
+
+#[derive(Subcommand)]
+enum SuppressionAction {
+    /// Pull the SES account-level suppression list (ListSuppressedDestinations) into ours.
+    Import {
+        /// Read the list and print the counts; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Suppressed contacts, newest first.
+    List {
+        #[arg(long, value_enum)]
+        reason: Option<commands::suppression::Reason>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Suppress an address (recorded in its history as the operator's).
+    Add {
+        email: String,
+        #[arg(long, value_enum, default_value = "bounce")]
+        reason: commands::suppression::Reason,
+        /// Why (kept with the event).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mail an address again (both suppressions unless --reason says which).
+    Remove {
+        email: String,
+        #[arg(long, value_enum)]
+        reason: Option<commands::suppression::Reason>,
+        /// Also remove it from the SES account suppression list (DeleteSuppressedDestination).
+        #[arg(long)]
+        ses: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReputationAction {
+    /// End the account-wide pause: the campaigns it paused carry on; sends count from now on.
+    Resume,
 }
 
 fn init_tracing() {
@@ -308,6 +359,28 @@ async fn main() -> ExitCode {
             commands::pause::pause(config, queue.unwrap_or_default(), reason).await
         }
         Command::Resume { queue } => commands::pause::resume(config, queue).await,
+        Command::Suppression { action } => match action {
+            SuppressionAction::Import { dry_run } => {
+                commands::suppression::import(config, dry_run).await
+            }
+            SuppressionAction::List { reason, limit } => {
+                commands::suppression::list(config, reason, limit).await
+            }
+            SuppressionAction::Add {
+                email,
+                reason,
+                note,
+            } => commands::suppression::add(config, email, reason, note).await,
+            SuppressionAction::Remove { email, reason, ses } => {
+                commands::suppression::remove(config, email, reason, ses).await
+            }
+        },
+        Command::Reputation { action: None } => {
+            commands::suppression::reputation_status(config).await
+        }
+        Command::Reputation {
+            action: Some(ReputationAction::Resume),
+        } => commands::suppression::reputation_resume(config).await,
         Command::Smoke { .. } => unreachable!("handled above"),
         Command::ValidateInfra { .. } => unreachable!("handled above"),
     };

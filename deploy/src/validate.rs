@@ -64,6 +64,14 @@ pub const INFRA_METRICS: &[(&str, MetricSource)] = &[
         MetricSource::LambdaEmf,
     ),
     ("datamailer_ses_throttles_total", MetricSource::LambdaEmf),
+    // The ses-webhooks worker's, and the maintenance function's reputation guard.
+    ("datamailer_ses_events_total", MetricSource::LambdaEmf),
+    ("datamailer_ses_suppressions_total", MetricSource::LambdaEmf),
+    ("datamailer_reputation_rate", MetricSource::LambdaEmf),
+    (
+        "datamailer_reputation_campaigns_paused",
+        MetricSource::LambdaEmf,
+    ),
 ];
 
 /// The CloudWatch namespace our code publishes into.

@@ -8,3 +8,4 @@ pub mod pause;
 pub mod provision;
 pub mod queues;
 pub mod run;
+pub mod suppression;
