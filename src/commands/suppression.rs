@@ -40,6 +40,13 @@ impl Reason {
     }
 }
 
+/// When an address was suppressed for a bounce and for a complaint, per SES's list.
+#[derive(Debug, Default, Clone, Copy)]
+struct Listed {
+    bounced: Option<DateTime<Utc>>,
+    complained: Option<DateTime<Utc>>,
+}
+
 /// Rows written per statement by `import`.
 const IMPORT_CHUNK: usize = 1000;
 
@@ -70,9 +77,8 @@ SELECT count(*) FILTER (WHERE created),
 pub async fn import(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let aws = crate::services::aws_config(&config).await;
     let ses = aws_sdk_sesv2::Client::new(&aws);
-    // address → (bounced at, complained at), merged across the list's pages.
-    let mut wanted: BTreeMap<String, (Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        BTreeMap::new();
+    // Merged across the list's pages: one entry per address.
+    let mut wanted: BTreeMap<String, Listed> = BTreeMap::new();
     let mut pages = ses
         .list_suppressed_destinations()
         .page_size(1000)
@@ -94,8 +100,8 @@ pub async fn import(config: Config, dry_run: bool) -> anyhow::Result<()> {
             .unwrap_or_else(Utc::now);
             let entry = wanted.entry(email).or_default();
             match s.reason() {
-                SuppressionListReason::Bounce => entry.0 = Some(at),
-                SuppressionListReason::Complaint => entry.1 = Some(at),
+                SuppressionListReason::Bounce => entry.bounced = Some(at),
+                SuppressionListReason::Complaint => entry.complained = Some(at),
                 other => {
                     tracing::warn!(reason = ?other, "skipping a suppression of an unknown reason")
                 }
@@ -116,8 +122,9 @@ pub async fn import(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let entries: Vec<_> = wanted.into_iter().collect();
     for chunk in entries.chunks(IMPORT_CHUNK) {
         let emails: Vec<&str> = chunk.iter().map(|(e, _)| e.as_str()).collect();
-        let bounced: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|(_, (b, _))| *b).collect();
-        let complained: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|(_, (_, c))| *c).collect();
+        let bounced: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|(_, l)| l.bounced).collect();
+        let complained: Vec<Option<DateTime<Utc>>> =
+            chunk.iter().map(|(_, l)| l.complained).collect();
         let row = conn
             .query_one(IMPORT_SQL, &[&emails, &bounced, &complained])
             .await
