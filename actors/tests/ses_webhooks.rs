@@ -743,3 +743,29 @@ async fn the_account_guard_pauses_the_campaign_lane_until_an_operator_resumes_it
     assert_eq!((rates.sends, rates.tripped), (0, false));
     fx.test_db.drop_db().await;
 }
+
+#[tokio::test]
+async fn with_the_database_away_events_come_back_uncounted() {
+    // Nothing listens on port 1: every connection attempt fails at once.
+    let db = datamailer_runtime::db::Db::connect(
+        "postgres://postgres@127.0.0.1:1/none",
+        &datamailer_runtime::db::PoolSettings::default(),
+    )
+    .unwrap();
+    let handler = SesWebhooksHandler::new(db, settings());
+    let mail = Mail::new("ses-away", "away@example.com");
+    let outcomes = apply(
+        &handler,
+        &[
+            shapes(&ses::event("Delivery", &mail, AT), "sns-away-1")[1].clone(),
+            shapes(&ses::event("Open", &mail, AT), "sns-away-2")[1].clone(),
+        ],
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Unavailable(_))),
+        "{outcomes:?}"
+    );
+}
