@@ -22,6 +22,19 @@ CREATE INDEX email_events_sends ON email_events (id) WHERE event_type = 'sent' A
 CREATE INDEX email_events_contact_feedback ON email_events (contact_id, event_type, created_at)
     WHERE event_type IN ('bounce', 'delivered');
 
+-- A soft or undetermined bounce is not `contact.hard_bounced` for the client's webhook (the
+-- original sent that callback for every bounce event).
+DROP TRIGGER email_events_client_webhook ON email_events;
+CREATE TRIGGER email_events_client_webhook
+    AFTER INSERT ON email_events
+    FOR EACH ROW
+    WHEN (NEW.contact_id IS NOT NULL
+          AND NEW.event_type IN ('subscribe', 'unsubscribe', 'bounce', 'complaint', 'delivered',
+                                 'open', 'click', 'skipped', 'failed')
+          AND NOT (NEW.event_type = 'bounce'
+                   AND coalesce(NEW.metadata ->> 'bounce_class', 'hard') <> 'hard'))
+    EXECUTE FUNCTION email_events_client_webhook();
+
 -- The account-wide reputation guard (runtime maintenance task `reputation`): tripped when the
 -- rolling bounce or complaint rate of the last N sends crosses its threshold. While tripped,
 -- campaigns do not send (transactional mail does); `datamailer reputation resume` clears it

@@ -278,6 +278,10 @@ async fn a_hard_bounce_suppresses_whom_it_names_and_counts_once_however_often_it
 #[tokio::test]
 async fn transient_general_is_soft_undetermined_is_recorded_and_repeated_soft_bounces_suppress() {
     let Some(fx) = fixture().await else { return };
+    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
+        .execute(fx.pool())
+        .await
+        .unwrap();
     let handler = SesWebhooksHandler::new(
         fx.db.clone(),
         FeedbackSettings {
@@ -342,6 +346,13 @@ async fn transient_general_is_soft_undetermined_is_recorded_and_repeated_soft_bo
     let events = events_of(&fx, "transactional_message_id", other).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].2["bounce_class"], "undetermined");
+    // The client hears of the delivery, not of soft or undetermined bounces as hard ones.
+    let callbacks: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM cmp_callbacks ORDER BY id")
+            .fetch_all(fx.pool())
+            .await
+            .unwrap();
+    assert_eq!(callbacks, ["message.delivered"]);
     assert_eq!(
         contact_suppression(&fx, "undetermined@example.com").await,
         (false, false)

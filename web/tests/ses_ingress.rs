@@ -395,3 +395,86 @@ async fn insecure_mode_takes_unsigned_messages_for_local_testing() {
     assert!(t.fetched().is_empty());
     t.db.drop_db().await;
 }
+
+/// Every type a configuration set publishes, signed (SignatureVersion 2) in its SNS envelope,
+/// through the ingress and then the ses-webhooks handler: each is recorded on its message.
+#[tokio::test]
+async fn every_ses_event_type_goes_from_the_ingress_to_its_messages_history() {
+    use datamailer_actors::ses_webhooks::{FeedbackSettings, SesWebhooksHandler};
+    use datamailer_runtime::{Delivery, Handler, HandlerContext, Outcome};
+    use datamailer_testkit::ses::{self, Mail, EVENT_TYPES};
+    let Some(t) = ingress(SignatureMode::Strict, false).await else {
+        return;
+    };
+    let pool = &t.db.pool;
+    let message: i64 = sqlx::query_scalar(
+        "WITH o AS (INSERT INTO organizations (name, slug) VALUES ('o', 'o') RETURNING id),
+              cl AS (INSERT INTO clients (organization_id, name, slug) SELECT id, 'c', 'c' FROM o RETURNING id),
+              ct AS (INSERT INTO contacts (email, normalized_email) VALUES ('ada@example.com', 'ada@example.com') RETURNING id),
+              tp AS (INSERT INTO email_templates (client_id, key, name, subject, text_body)
+                     SELECT id, 'k', 'k', 's', 'b' FROM cl RETURNING id, client_id)
+         INSERT INTO transactional_messages (client_id, contact_id, template_id, email, template_key, subject,
+                                             status, ses_message_id, sent_at)
+         SELECT tp.client_id, ct.id, tp.id, 'ada@example.com', 'k', 's', 'sent', 'ses-every', now() FROM tp, ct
+         RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mail = Mail::new("ses-every", "ada@example.com").tagged("transactional", message);
+    for (n, kind) in EVENT_TYPES.iter().enumerate() {
+        let mut envelope = ses::envelope(
+            &ses::event(kind, &mail, "2026-12-04T10:00:03.000Z"),
+            &format!("sns-every-{n}"),
+        );
+        envelope["TopicArn"] = json!(TOPIC);
+        let envelope = envelope.as_object_mut().unwrap();
+        for unsigned in ["SignatureVersion", "Signature", "SigningCertURL"] {
+            envelope.remove(unsigned);
+        }
+        let msg = signed(Value::Object(envelope.clone()), "2");
+        let (status, body) = t.post(&msg.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{kind}: {body}");
+        assert_eq!(body["enqueued"], true, "{kind}");
+    }
+    let queued: Vec<String> = t.queued().await.iter().map(Value::to_string).collect();
+    assert_eq!(queued.len(), EVENT_TYPES.len());
+    let db = datamailer_runtime::db::Db::connect(&t.db.url, &Default::default()).unwrap();
+    let handler = SesWebhooksHandler::new(db, FeedbackSettings::default());
+    let batch: Vec<Delivery> = queued
+        .iter()
+        .enumerate()
+        .map(|(i, body)| Delivery {
+            id: i.to_string(),
+            receipt: String::new(),
+            body: body.clone(),
+            receive_count: 1,
+            sent_at: None,
+        })
+        .collect();
+    let outcomes = handler.handle(&HandlerContext::unbounded(5), &batch).await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Ack), "{outcomes:?}");
+    let mut recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM email_events WHERE transactional_message_id = $1",
+    )
+    .bind(message)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [
+            "bounce",
+            "click",
+            "complaint",
+            "delivered",
+            "delivery_delay",
+            "failed",
+            "open",
+            "rendering_failure",
+            "sent",
+            "subscription"
+        ]
+    );
+}
