@@ -1,7 +1,7 @@
 //! `POST /webhooks/ses` against real Postgres, with messages signed the way SNS signs them
-//! (a real RSA key; SignatureVersion 1 and 2; all three message types). AWS's certificate
-//! host cannot be reached here, so a stand-in serves the test certificates by URL and
-//! records what was fetched (`fixtures/sns`: test-only keys made with `openssl req -x509`).
+//! (RSA keys and X.509 certificates made by the test; SignatureVersion 1 and 2; all three
+//! message types). AWS's certificate host cannot be reached here, so a stand-in serves the
+//! test certificates by URL and records what was fetched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,14 +15,52 @@ use datamailer_testkit::TestDb;
 use datamailer_web::ses_ingress::{SignatureMode, SnsHttp, SnsIngress};
 use datamailer_web::{router, AppState, WebConfig};
 use http_body_util::BodyExt;
-use rsa::pkcs8::DecodePrivateKey;
 use rsa::signature::{SignatureEncoding, Signer};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const KEY: &str = include_str!("fixtures/sns/key.pem");
-const CERT: &str = include_str!("fixtures/sns/cert.pem");
-const OTHER_CERT: &str = include_str!("fixtures/sns/other-cert.pem");
+/// A key pair and its self-signed certificate (PEM), as SNS's signing certificate would be.
+struct TestSigner {
+    key: rsa::RsaPrivateKey,
+    cert: String,
+}
+
+fn make_signer(name: &str) -> TestSigner {
+    use std::str::FromStr;
+    use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+    use x509_cert::der::EncodePem;
+    use x509_cert::spki::SubjectPublicKeyInfoOwned;
+    // 2048 bits: SNS's size, and the least the verifier (ring) accepts.
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
+    let spki = SubjectPublicKeyInfoOwned::from_key(key.to_public_key()).unwrap();
+    let cert = CertificateBuilder::new(
+        Profile::Root,
+        x509_cert::serial_number::SerialNumber::from(1u32),
+        x509_cert::time::Validity::from_now(std::time::Duration::from_secs(3600)).unwrap(),
+        x509_cert::name::Name::from_str(&format!("CN={name}")).unwrap(),
+        spki,
+        &signing,
+    )
+    .unwrap()
+    .build::<rsa::pkcs1v15::Signature>()
+    .unwrap();
+    TestSigner {
+        key,
+        cert: cert.to_pem(x509_cert::der::pem::LineEnding::LF).unwrap(),
+    }
+}
+
+/// The key that signs the test's messages, and one that signed nothing here.
+fn signers() -> &'static (TestSigner, TestSigner) {
+    static SIGNERS: std::sync::OnceLock<(TestSigner, TestSigner)> = std::sync::OnceLock::new();
+    SIGNERS.get_or_init(|| {
+        (
+            make_signer("sns.amazonaws.com"),
+            make_signer("someone else"),
+        )
+    })
+}
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:dm-ses-events";
 const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-good.pem";
 /// Serves a certificate whose key did not sign anything here.
@@ -41,9 +79,10 @@ struct AwsStandIn {
 impl SnsHttp for AwsStandIn {
     async fn get(&self, url: &str) -> anyhow::Result<String> {
         self.fetched.lock().unwrap().push(url.to_string());
+        let (signer, other) = signers();
         let pages: HashMap<&str, &str> = [
-            (CERT_URL, CERT),
-            (OTHER_CERT_URL, OTHER_CERT),
+            (CERT_URL, signer.cert.as_str()),
+            (OTHER_CERT_URL, other.cert.as_str()),
             (SUBSCRIBE_URL, "<ConfirmSubscriptionResponse/>"),
         ]
         .into();
@@ -126,7 +165,7 @@ fn signed(mut msg: Value, version: &str) -> Value {
         msg["SigningCertURL"] = json!(CERT_URL);
     }
     let canonical = datamailer_core::sns::canonical_string(msg.as_object().unwrap()).unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(KEY).unwrap();
+    let key = signers().0.key.clone();
     let signature = match version {
         "1" => rsa::pkcs1v15::SigningKey::<sha1::Sha1>::new(key)
             .sign(canonical.as_bytes())
