@@ -218,6 +218,10 @@ async fn every_event_type_in_every_shape_is_recorded_on_its_row_at_its_own_time(
 #[tokio::test]
 async fn a_hard_bounce_suppresses_whom_it_names_and_counts_once_however_often_it_comes() {
     let Some(fx) = fixture().await else { return };
+    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
+        .execute(fx.pool())
+        .await
+        .unwrap();
     let handler = SesWebhooksHandler::new(fx.db.clone(), settings());
     let (campaign, recipients) = sent_campaign(&fx, 3).await;
     let r = &recipients[0];
@@ -247,6 +251,22 @@ async fn a_hard_bounce_suppresses_whom_it_names_and_counts_once_however_often_it
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].2["bounce_class"], "hard");
     assert_eq!(events[0].2["bounce_type"], "Permanent");
+    // The client hears of it once, with the audience, the client and the bounce type.
+    let callbacks: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM cmp_callbacks WHERE event_type = 'contact.hard_bounced'",
+    )
+    .fetch_all(fx.pool())
+    .await
+    .unwrap();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0]["email"], r.1.as_str());
+    assert!(callbacks[0]["audience"]
+        .as_str()
+        .unwrap()
+        .starts_with("news-"));
+    assert_eq!(callbacks[0]["client"], "c");
+    assert_eq!(callbacks[0]["metadata"]["bounce_type"], "Permanent");
+    assert_eq!(callbacks[0]["metadata"]["campaign_id"], campaign);
 
     // A transactional message whose cc bounced: the cc is suppressed, the primary is not.
     let (id, contact) = sent_message(&fx, "primary@example.com", "ses-cc").await;
