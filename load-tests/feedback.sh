@@ -22,6 +22,7 @@ mkdir -p "$OUT"
 psql "$PG/postgres" -qc "CREATE DATABASE $DB" >/dev/null
 cleanup() {
   kill "${WORKER:-}" 2>/dev/null || true; wait 2>/dev/null || true
+  [[ -n "${KEEP:-}" ]] && { echo "kept database $DB"; return; }
   psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 }
 trap cleanup EXIT

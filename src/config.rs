@@ -40,6 +40,10 @@ pub struct Config {
     /// `DATAMAILER_CAMPAIGN_CONCURRENCY`: campaign batches a long-lived worker handles at once
     /// (default 4; a Lambda environment handles one, its reserved concurrency is the template's).
     pub campaign_concurrency: usize,
+    /// `DATAMAILER_SES_WEBHOOKS_CONCURRENCY`: ses-webhooks batches a long-lived worker receives
+    /// at once (default 4; they share one writer, so this overlaps receiving, applying and
+    /// acknowledging rather than adding connections that contend).
+    pub ses_webhooks_concurrency: usize,
     pub campaign_lease: std::time::Duration,
     pub campaign_batch_horizon: std::time::Duration,
     /// `DATAMAILER_TRACKING_ASYNC`: opens and clicks go through the email-events queue.
@@ -330,6 +334,18 @@ impl Config {
                 }
             },
         };
+        let ses_webhooks_concurrency = match var("DATAMAILER_SES_WEBHOOKS_CONCURRENCY") {
+            None => 4,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => n,
+                _ => {
+                    errors.push(format!(
+                        "DATAMAILER_SES_WEBHOOKS_CONCURRENCY: '{raw}' must be a whole number from 1 to 64"
+                    ));
+                    4
+                }
+            },
+        };
         let default_webhook_timeout = std::time::Duration::from_secs(3);
         let cmp_webhook_timeout = match var("CMP_WEBHOOK_TIMEOUT_SECONDS") {
             None => default_webhook_timeout,
@@ -363,6 +379,7 @@ impl Config {
             ses_daily_reserve,
             campaign_batch_size,
             campaign_concurrency,
+            ses_webhooks_concurrency,
             tracking_async,
             campaign_lease,
             campaign_batch_horizon,

@@ -163,6 +163,7 @@ impl Services {
         );
         spec.concurrency = match queue {
             QueueName::CampaignEmail => self.config.campaign_concurrency,
+            QueueName::SesWebhooks => self.config.ses_webhooks_concurrency,
             _ => qs.concurrency,
         };
         if let Some(n) = qs.batch_size {

@@ -4,10 +4,10 @@
 //!
 //! * Each message is read by [`datamailer_core::feedback::parse`] (contract, SNS envelope or
 //!   bare SES event); what is none of them is dead-lettered with the reason.
-//! * Events go through a [`BatchWriter`] over [`FeedbackSink`]: every event waiting, from all
-//!   of the tree's workers, is applied by one call of `ses_apply_events` (migration 0020),
-//!   one round trip and one commit for the lot. One writer means one connection and no two
-//!   transactions fighting over a campaign's counters.
+//! * Events go through [`WRITERS`] [`BatchWriter`]s over [`FeedbackSink`]: every event
+//!   waiting, from all of the tree's workers, is applied by one call of `ses_apply_events`
+//!   (migration 0020) per writer, one round trip and one commit for the lot. Events about one
+//!   message always take the same writer, so the writers never contend for a row.
 //! * Redelivery is harmless: the provider event id is unique in `email_events`, so a
 //!   duplicate (even one applied concurrently) records and counts nothing and is acknowledged.
 //! * A `Send` event writes the send ledger and marks a row whose record was lost as sent, so
@@ -188,21 +188,45 @@ impl FeedbackSink {
     }
 }
 
+/// Writers (connections) applying events side by side. Events about one message always go to
+/// the same writer, so two writers never wait on each other's rows (only, briefly, on a
+/// campaign's counters, which each updates last).
+pub const WRITERS: usize = 2;
+
 pub struct SesWebhooksHandler {
-    writer: BatchWriter<FeedbackSink>,
+    writers: Vec<BatchWriter<FeedbackSink>>,
 }
 
 impl SesWebhooksHandler {
-    /// Starts its writer (call inside a Tokio runtime).
+    /// Starts its writers (call inside a Tokio runtime).
     pub fn new(db: Db, settings: FeedbackSettings) -> Self {
-        let writer = BatchWriter::start(
-            FeedbackSink { db, settings },
-            WriterSettings {
-                max_batch: 500,
-                ..Default::default()
-            },
-        );
-        Self { writer }
+        let writers = (0..WRITERS)
+            .map(|_| {
+                BatchWriter::start(
+                    FeedbackSink {
+                        db: db.clone(),
+                        settings,
+                    },
+                    WriterSettings {
+                        max_batch: 500,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        Self { writers }
+    }
+
+    /// The writer of the message an event is about: by our tags, else the SES message id.
+    fn writer_for(&self, event: &FeedbackEvent) -> &BatchWriter<FeedbackSink> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match (event.tag_id, event.ses_message_id.as_str()) {
+            (Some(id), _) => (event.tag_kind.as_str(), id).hash(&mut h),
+            (None, "") => event.provider_event_id.hash(&mut h),
+            (None, ses) => ses.hash(&mut h),
+        }
+        &self.writers[h.finish() as usize % self.writers.len()]
     }
 }
 
@@ -215,7 +239,7 @@ impl Handler for SesWebhooksHandler {
                 Ok(event) => event,
                 Err(why) => return Outcome::DeadLetter(why.to_string()),
             };
-            match self.writer.write(event).await {
+            match self.writer_for(&event).write(event).await {
                 Ok(Applied::Unavailable) => {
                     Outcome::Unavailable("the database is unavailable".into())
                 }

@@ -71,8 +71,11 @@ impl QueueName {
                 needs_sender: true,
                 ..base
             },
+            // Events are small and applied in bulk by the tree's writers: large batches fill
+            // them (SQS still receives at most 10 at a time).
             QueueName::SesWebhooks => QueueSpec {
                 concurrency: 2,
+                batch_size: Some(200),
                 ..base
             },
             QueueName::EmailEvents => base,
