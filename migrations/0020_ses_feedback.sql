@@ -23,7 +23,8 @@ CREATE INDEX email_events_contact_feedback ON email_events (contact_id, event_ty
     WHERE event_type IN ('bounce', 'delivered');
 
 -- A soft or undetermined bounce is not `contact.hard_bounced` for the client's webhook (the
--- original sent that callback for every bounce event).
+-- original sent that callback for every bounce event), unless it suppressed the contact (the
+-- repeated-soft-bounce rule).
 DROP TRIGGER email_events_client_webhook ON email_events;
 CREATE TRIGGER email_events_client_webhook
     AFTER INSERT ON email_events
@@ -32,7 +33,8 @@ CREATE TRIGGER email_events_client_webhook
           AND NEW.event_type IN ('subscribe', 'unsubscribe', 'bounce', 'complaint', 'delivered',
                                  'open', 'click', 'skipped', 'failed')
           AND NOT (NEW.event_type = 'bounce'
-                   AND coalesce(NEW.metadata ->> 'bounce_class', 'hard') <> 'hard'))
+                   AND coalesce(NEW.metadata ->> 'bounce_class', 'hard') <> 'hard'
+                   AND NOT NEW.metadata ? 'suppressed'))
     EXECUTE FUNCTION email_events_client_webhook();
 
 -- The account-wide reputation guard (runtime maintenance task `reputation`): tripped when the
@@ -151,13 +153,37 @@ BEGIN
                FOR UPDATE OF m;
         END IF;
 
+        -- Who the event names (normalized). A bounce or complaint changes the row only when
+        -- it names the row's own recipient (or names no one); it suppresses whom it names
+        -- (a cc'd address bouncing suppresses that address, not the primary contact).
+        SELECT coalesce(array_agg(x), '{}') INTO v_emails FROM jsonb_array_elements_text(e.emails) x;
+        v_self := coalesce(cardinality(v_emails) = 0 OR v_row_email = ANY (v_emails), false);
+
+        -- The soft bounce that makes `p_soft_limit` of the contact's, inside the window and
+        -- with no delivery since, suppresses it as a hard bounce would; its event says so
+        -- (and so tells the client's webhook, as a hard bounce does).
+        v_meta := e.meta;
+        IF e.type = 'bounce' AND e.bounce = 'soft' AND v_self AND p_soft_limit > 0
+           AND EXISTS (SELECT 1 FROM contacts ct WHERE ct.id = v_contact AND ct.hard_bounced_at IS NULL)
+           AND 1 + (SELECT count(*) FROM email_events b
+                     WHERE b.contact_id = v_contact AND b.event_type = 'bounce'
+                       AND b.metadata ->> 'bounce_class' = 'soft'
+                       AND b.created_at <= e.at
+                       AND b.created_at > e.at - make_interval(secs => p_soft_window_secs)
+                       AND b.created_at > coalesce(
+                           (SELECT max(d.created_at) FROM email_events d
+                             WHERE d.contact_id = v_contact AND d.event_type = 'delivered'
+                               AND d.created_at <= e.at), '-infinity')) >= p_soft_limit THEN
+            v_meta := v_meta || jsonb_build_object('suppressed', 'soft_bounce_limit');
+        END IF;
+
         -- The history, deduplicated by the provider's event id.
         v_event := NULL;
         INSERT INTO email_events (campaign_id, campaign_recipient_id, transactional_message_id,
                                   contact_id, client_id, audience_id, event_type,
                                   provider_event_id, url, metadata, created_at)
         VALUES (v_campaign, v_recipient, v_message, v_contact, v_client, v_audience, e.type,
-                e.id, e.url, e.meta, e.at)
+                e.id, e.url, v_meta, e.at)
         ON CONFLICT (provider_event_id) WHERE provider_event_id <> '' DO NOTHING
         RETURNING id INTO v_event;
         IF v_event IS NULL THEN
@@ -189,12 +215,6 @@ BEGIN
                 i := cardinality(v_cids);
             END IF;
         END IF;
-        -- Who the event names (normalized). A bounce or complaint changes the row only when
-        -- it names the row's own recipient (or names no one); it suppresses whom it names
-        -- (a cc'd address bouncing suppresses that address, not the primary contact).
-        SELECT coalesce(array_agg(x), '{}') INTO v_emails FROM jsonb_array_elements_text(e.emails) x;
-        v_self := cardinality(v_emails) = 0 OR v_row_email = ANY (v_emails);
-
         CASE e.type
         WHEN 'sent' THEN
             -- Reconciliation: SES accepted the row but its record is not (yet) written: the
@@ -266,24 +286,9 @@ BEGIN
                 ELSE
                     UPDATE transactional_messages SET last_error = 'soft_bounce', updated_at = now() WHERE id = v_message;
                 END IF;
-                -- Repeated soft bounces of the row's contact (when the event names it) with
-                -- no delivery since, inside the window: suppressed as a hard bounce would be.
-                UPDATE contacts ct
-                   SET hard_bounced_at = e.at, updated_at = now()
-                 WHERE ct.id = v_contact AND ct.hard_bounced_at IS NULL AND p_soft_limit > 0
-                   AND (SELECT count(*) FROM email_events b
-                         WHERE b.contact_id = ct.id AND b.event_type = 'bounce'
-                           AND b.metadata ->> 'bounce_class' = 'soft'
-                           AND b.created_at <= e.at
-                           AND b.created_at > e.at - make_interval(secs => p_soft_window_secs)
-                           AND b.created_at > coalesce(
-                               (SELECT max(d.created_at) FROM email_events d
-                                 WHERE d.contact_id = ct.id AND d.event_type = 'delivered'
-                                   AND d.created_at <= e.at), '-infinity')) >= p_soft_limit;
-                IF FOUND THEN
-                    UPDATE email_events
-                       SET metadata = metadata || jsonb_build_object('suppressed', 'soft_bounce_limit')
-                     WHERE id = v_event;
+                IF v_meta ? 'suppressed' THEN
+                    UPDATE contacts SET hard_bounced_at = e.at, updated_at = now()
+                     WHERE id = v_contact AND hard_bounced_at IS NULL;
                 END IF;
             END IF;
         WHEN 'complaint' THEN

@@ -12,7 +12,7 @@
 //!   reported, and a redelivered batch changes nothing;
 //! * `datamailer suppression import` from SES's account suppression list (a stand-in SES v2
 //!   endpoint below: moto does not implement ListSuppressedDestinations), `list`, `add`,
-//!   `remove`.
+//!   `remove`; `datamailer reputation [resume]`.
 
 mod support;
 

@@ -366,13 +366,14 @@ async fn transient_general_is_soft_undetermined_is_recorded_and_repeated_soft_bo
     let events = events_of(&fx, "transactional_message_id", other).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].2["bounce_class"], "undetermined");
-    // The client hears of the delivery, not of soft or undetermined bounces as hard ones.
+    // The client hears of the delivery and of the soft bounce that suppressed the contact,
+    // not of the other soft bounces or the undetermined one as hard ones.
     let callbacks: Vec<String> =
         sqlx::query_scalar("SELECT event_type FROM cmp_callbacks ORDER BY id")
             .fetch_all(fx.pool())
             .await
             .unwrap();
-    assert_eq!(callbacks, ["message.delivered"]);
+    assert_eq!(callbacks, ["message.delivered", "contact.hard_bounced"]);
     assert_eq!(
         contact_suppression(&fx, "undetermined@example.com").await,
         (false, false)
