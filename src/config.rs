@@ -415,64 +415,101 @@ impl Config {
 fn feedback_settings(
     errors: &mut Vec<String>,
 ) -> datamailer_actors::ses_webhooks::FeedbackSettings {
-    let mut s = datamailer_actors::ses_webhooks::FeedbackSettings::default();
-    let mut number = |name: &str, min: f64, max: f64, what: &str| -> Option<f64> {
-        let raw = var(name)?;
+    use datamailer_actors::ses_webhooks::FeedbackSettings;
+    type Set = fn(&mut FeedbackSettings, f64);
+    // (variable, least, most, whole numbers only, what it must be, where it goes)
+    let rules: [(&str, f64, f64, bool, &str, Set); 6] = [
+        (
+            "DATAMAILER_SOFT_BOUNCE_LIMIT",
+            0.0,
+            100.0,
+            true,
+            "a whole number from 0 (off) to 100",
+            |s, n| s.soft_bounce_limit = n as i32,
+        ),
+        (
+            "DATAMAILER_SOFT_BOUNCE_WINDOW_HOURS",
+            0.001,
+            8760.0,
+            false,
+            "a number of hours above 0 and at most 8760",
+            |s, h| s.soft_bounce_window = std::time::Duration::from_secs_f64(h * 3600.0),
+        ),
+        (
+            "DATAMAILER_BOUNCE_RATE_THRESHOLD",
+            0.0001,
+            1.0,
+            false,
+            "a fraction above 0 and at most 1 (0.04 is 4 %)",
+            |s, r| s.bounce_threshold = r,
+        ),
+        (
+            "DATAMAILER_COMPLAINT_RATE_THRESHOLD",
+            0.00001,
+            1.0,
+            false,
+            "a fraction above 0 and at most 1 (0.0008 is 0.08 %)",
+            |s, r| s.complaint_threshold = r,
+        ),
+        (
+            "DATAMAILER_REPUTATION_MIN_SAMPLE",
+            1.0,
+            1e7,
+            true,
+            "a whole number of sends from 1",
+            |s, n| s.min_sample = n as i32,
+        ),
+        (
+            "DATAMAILER_REPUTATION_WINDOW_SENDS",
+            1.0,
+            1e7,
+            true,
+            "a whole number of sends from 1",
+            |s, n| s.account_window = n as i64,
+        ),
+    ];
+    let mut settings = FeedbackSettings::default();
+    for (name, least, most, whole, what, set) in rules {
+        let Some(raw) = var(name) else { continue };
         match raw.parse::<f64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
-            _ => {
-                errors.push(format!("{name}: '{raw}' must be {what}"));
-                None
+            Ok(n) if (least..=most).contains(&n) && (!whole || n.fract() == 0.0) => {
+                set(&mut settings, n)
             }
+            _ => errors.push(format!("{name}: '{raw}' must be {what}")),
         }
-    };
-    if let Some(n) = number(
-        "DATAMAILER_SOFT_BOUNCE_LIMIT",
-        0.0,
-        100.0,
-        "a whole number from 0 (off) to 100",
-    ) {
-        s.soft_bounce_limit = n as i32;
     }
-    if let Some(h) = number(
-        "DATAMAILER_SOFT_BOUNCE_WINDOW_HOURS",
-        0.001,
-        8760.0,
-        "a number of hours above 0 and at most 8760",
-    ) {
-        s.soft_bounce_window = std::time::Duration::from_secs_f64(h * 3600.0);
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The only test that sets these variables (the environment is the process's).
+    #[test]
+    fn feedback_rules_are_read_and_each_bad_value_named() {
+        std::env::set_var("DATAMAILER_SOFT_BOUNCE_LIMIT", "5");
+        std::env::set_var("DATAMAILER_BOUNCE_RATE_THRESHOLD", "0.02");
+        std::env::set_var("DATAMAILER_REPUTATION_MIN_SAMPLE", "2.5");
+        std::env::set_var("DATAMAILER_COMPLAINT_RATE_THRESHOLD", "2");
+        let mut errors = Vec::new();
+        let s = feedback_settings(&mut errors);
+        for name in [
+            "DATAMAILER_SOFT_BOUNCE_LIMIT",
+            "DATAMAILER_BOUNCE_RATE_THRESHOLD",
+            "DATAMAILER_REPUTATION_MIN_SAMPLE",
+            "DATAMAILER_COMPLAINT_RATE_THRESHOLD",
+        ] {
+            std::env::remove_var(name);
+        }
+        assert_eq!((s.soft_bounce_limit, s.bounce_threshold), (5, 0.02));
+        assert_eq!(s.min_sample, 1000, "a bad value keeps the default");
+        assert_eq!(
+            errors,
+            [
+                "DATAMAILER_COMPLAINT_RATE_THRESHOLD: '2' must be a fraction above 0 and at most 1 (0.0008 is 0.08 %)",
+                "DATAMAILER_REPUTATION_MIN_SAMPLE: '2.5' must be a whole number of sends from 1",
+            ]
+        );
     }
-    if let Some(r) = number(
-        "DATAMAILER_BOUNCE_RATE_THRESHOLD",
-        0.0001,
-        1.0,
-        "a fraction above 0 and at most 1 (0.04 is 4 %)",
-    ) {
-        s.bounce_threshold = r;
-    }
-    if let Some(r) = number(
-        "DATAMAILER_COMPLAINT_RATE_THRESHOLD",
-        0.00001,
-        1.0,
-        "a fraction above 0 and at most 1 (0.0008 is 0.08 %)",
-    ) {
-        s.complaint_threshold = r;
-    }
-    if let Some(n) = number(
-        "DATAMAILER_REPUTATION_MIN_SAMPLE",
-        1.0,
-        10_000_000.0,
-        "a whole number of sends from 1",
-    ) {
-        s.min_sample = n as i32;
-    }
-    if let Some(n) = number(
-        "DATAMAILER_REPUTATION_WINDOW_SENDS",
-        1.0,
-        10_000_000.0,
-        "a whole number of sends from 1",
-    ) {
-        s.account_window = n as i64;
-    }
-    s
 }
