@@ -18,9 +18,8 @@ ALTER TABLE transactional_messages ADD COLUMN bounced_at timestamptz, ADD COLUMN
 -- The account-wide guard reads the last N sends (the workers' own `sent` events: SES's `Send`
 -- events carry a provider id and would count a message twice).
 CREATE INDEX email_events_sends ON email_events (id) WHERE event_type = 'sent' AND provider_event_id = '';
--- Soft bounces and deliveries of one contact, for the repeated-soft-bounce rule.
-CREATE INDEX email_events_contact_feedback ON email_events (contact_id, event_type, created_at)
-    WHERE event_type IN ('bounce', 'delivered');
+-- (The repeated-soft-bounce rule reads one contact's events through
+-- email_events_contact_created: a contact has few, and every write here costs.)
 
 -- A soft or undetermined bounce is not `contact.hard_bounced` for the client's webhook (the
 -- original sent that callback for every bounce event), unless it suppressed the contact (the
