@@ -15,9 +15,6 @@ ALTER TABLE email_events ADD CONSTRAINT email_events_event_type_check
 ALTER TABLE campaign_recipients ADD COLUMN bounced_at timestamptz, ADD COLUMN complained_at timestamptz;
 ALTER TABLE transactional_messages ADD COLUMN bounced_at timestamptz, ADD COLUMN complained_at timestamptz;
 
--- The account-wide guard reads the last N sends (the workers' own `sent` events: SES's `Send`
--- events carry a provider id and would count a message twice).
-CREATE INDEX email_events_sends ON email_events (id) WHERE event_type = 'sent' AND provider_event_id = '';
 -- (The repeated-soft-bounce rule reads one contact's events through
 -- email_events_contact_created: a contact has few, and every write here costs.)
 

@@ -1,6 +1,6 @@
 //! The account-wide reputation guard: a maintenance task that reads the rolling hard-bounce
 //! and complaint rates of the last N sends (every lane: SES judges the account on all of its
-//! mail) and, when either reaches its threshold after the minimum sample, pauses the campaign
+//! mail; found among the last 20 N events) and, when either reaches its threshold after the minimum sample, pauses the campaign
 //! lane: every campaign that could send is paused with the reason, and new ones are paused on
 //! the next pass while the guard holds. Transactional mail keeps flowing.
 //!
@@ -23,16 +23,25 @@ use crate::ses_webhooks::FeedbackSettings;
 /// The pause reason's prefix on campaigns the account-wide guard paused.
 pub const PAUSE_PREFIX: &str = "account_reputation: ";
 
-/// The last `$1` sends counted since the guard was last cleared, and how many of them
-/// hard-bounced or drew a complaint.
+/// How far back (in events, of every type) the guard looks for its last N sends: far enough
+/// while sends are at least 1 in [`SCAN_FACTOR`] events, and a bounded read when they are not.
+/// (An index of sends would find them at once, but every send of a campaign would pay for it.)
+pub const SCAN_FACTOR: i64 = 20;
+
+/// The last `$1` sends (the workers' own `sent` events: SES's `Send` events carry a provider id
+/// and would count a message twice) among the last `$2` events since the guard was last
+/// cleared, and how many of them hard-bounced or drew a complaint.
 const RATES_SQL: &str = "
 WITH g AS (SELECT tripped_at, reason, counted_after FROM reputation_guard),
-s AS (
-    SELECT e.campaign_recipient_id, e.transactional_message_id
+recent AS (
+    SELECT e.event_type, e.provider_event_id, e.campaign_recipient_id, e.transactional_message_id
       FROM email_events e
-     WHERE e.event_type = 'sent' AND e.provider_event_id = ''
-       AND e.id > (SELECT counted_after FROM g)
-     ORDER BY e.id DESC LIMIT $1
+     WHERE e.id > (SELECT counted_after FROM g)
+     ORDER BY e.id DESC LIMIT $2
+),
+s AS (
+    SELECT campaign_recipient_id, transactional_message_id FROM recent
+     WHERE event_type = 'sent' AND provider_event_id = '' LIMIT $1
 )
 SELECT count(*),
        count(*) FILTER (WHERE coalesce(cr.bounced_at, tm.bounced_at) IS NOT NULL),
@@ -130,7 +139,7 @@ pub async fn rates(db: &Db, window: i64) -> anyhow::Result<Rates> {
     let row = db
         .get()
         .await?
-        .query_one(RATES_SQL, &[&window])
+        .query_one(RATES_SQL, &[&window, &(window * SCAN_FACTOR)])
         .await
         .context("reading the rolling send rates")?;
     Ok(Rates {
