@@ -375,12 +375,10 @@ async fn main() -> ExitCode {
                 commands::suppression::remove(config, email, reason, ses).await
             }
         },
-        Command::Reputation { action: None } => {
-            commands::suppression::reputation_status(config).await
-        }
+        Command::Reputation { action: None } => commands::reputation::status(config).await,
         Command::Reputation {
             action: Some(ReputationAction::Resume),
-        } => commands::suppression::reputation_resume(config).await,
+        } => commands::reputation::resume(config).await,
         Command::Smoke { .. } => unreachable!("handled above"),
         Command::ValidateInfra { .. } => unreachable!("handled above"),
     };

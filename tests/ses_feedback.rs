@@ -46,6 +46,15 @@ async fn sent_message(pool: &sqlx::PgPool, client_id: i64, email: &str, ses_id: 
     .unwrap()
 }
 
+/// The SES message id the worker recorded for a message.
+async fn ses_message_id(pool: &sqlx::PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT ses_message_id FROM transactional_messages WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// (status, contact hard-bounced, contact complained, events) of a message.
 async fn state(pool: &sqlx::PgPool, id: i64) -> (String, bool, bool, Vec<String>) {
     let (status, bounced, complained): (String, bool, bool) = sqlx::query_as(
@@ -110,12 +119,7 @@ async fn serve_applies_feedback_from_the_http_ingress_and_the_embedded_queue() {
     let id = body["message"]["id"].as_i64().unwrap();
     let row = wait_terminal(&db.pool, id, Duration::from_secs(20)).await;
     assert_eq!(row.status, "sent");
-    let ses_id: String =
-        sqlx::query_scalar("SELECT ses_message_id FROM transactional_messages WHERE id = $1")
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let ses_id = ses_message_id(&db.pool, id).await;
 
     // SES's word, as SNS POSTs it: the delivery, then a hard bounce.
     let mail = Mail::new(&ses_id, "alice@example.com").tagged("transactional", id);
@@ -160,12 +164,7 @@ async fn serve_applies_feedback_from_the_http_ingress_and_the_embedded_queue() {
     assert_eq!(status, 202, "{body}");
     let bob = body["message"]["id"].as_i64().unwrap();
     wait_terminal(&db.pool, bob, Duration::from_secs(20)).await;
-    let bob_ses: String =
-        sqlx::query_scalar("SELECT ses_message_id FROM transactional_messages WHERE id = $1")
-            .bind(bob)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let bob_ses = ses_message_id(&db.pool, bob).await;
     let complaint = ses::event(
         "Complaint",
         &Mail::new(&bob_ses, "bob@example.com").tagged("transactional", bob),

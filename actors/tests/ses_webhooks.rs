@@ -44,6 +44,14 @@ async fn apply_ok(handler: &SesWebhooksHandler, bodies: &[String]) {
     assert!(outcomes.iter().all(|o| *o == Outcome::Ack), "{outcomes:?}");
 }
 
+/// Gives the fixture's client a webhook, so events make callbacks.
+async fn with_client_webhook(fx: &Fixture) {
+    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
+        .execute(fx.pool())
+        .await
+        .unwrap();
+}
+
 /// A transactional message recorded as sent with `ses_id`; returns (message id, contact id).
 async fn sent_message(fx: &Fixture, email: &str, ses_id: &str) -> (i64, i64) {
     let (id, _) = fx.queued(email, json!({"order": 7})).await;
@@ -218,10 +226,7 @@ async fn every_event_type_in_every_shape_is_recorded_on_its_row_at_its_own_time(
 #[tokio::test]
 async fn a_hard_bounce_suppresses_whom_it_names_and_counts_once_however_often_it_comes() {
     let Some(fx) = fixture().await else { return };
-    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
-        .execute(fx.pool())
-        .await
-        .unwrap();
+    with_client_webhook(&fx).await;
     let handler = SesWebhooksHandler::new(fx.db.clone(), settings());
     let (campaign, recipients) = sent_campaign(&fx, 3).await;
     let r = &recipients[0];
@@ -298,10 +303,7 @@ async fn a_hard_bounce_suppresses_whom_it_names_and_counts_once_however_often_it
 #[tokio::test]
 async fn transient_general_is_soft_undetermined_is_recorded_and_repeated_soft_bounces_suppress() {
     let Some(fx) = fixture().await else { return };
-    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
-        .execute(fx.pool())
-        .await
-        .unwrap();
+    with_client_webhook(&fx).await;
     let handler = SesWebhooksHandler::new(
         fx.db.clone(),
         FeedbackSettings {
@@ -384,10 +386,7 @@ async fn transient_general_is_soft_undetermined_is_recorded_and_repeated_soft_bo
 #[tokio::test]
 async fn a_complaint_blocks_the_contact_and_feeds_the_clients_webhook() {
     let Some(fx) = fixture().await else { return };
-    sqlx::query("UPDATE clients SET cmp_webhook_url = 'https://cmp.example.com/hook', cmp_webhook_token = 't'")
-        .execute(fx.pool())
-        .await
-        .unwrap();
+    with_client_webhook(&fx).await;
     let handler = SesWebhooksHandler::new(fx.db.clone(), settings());
     let (id, contact) = sent_message(&fx, "angry@example.com", "ses-angry").await;
     let mail = Mail::new("ses-angry", "angry@example.com");
@@ -799,5 +798,18 @@ async fn with_the_database_away_events_come_back_uncounted() {
             .iter()
             .all(|o| matches!(o, Outcome::Unavailable(_))),
         "{outcomes:?}"
+    );
+}
+
+#[test]
+fn the_tags_read_here_are_the_ones_the_senders_write() {
+    // core cannot depend on the runtime (it does no I/O), so it names the tags again.
+    assert_eq!(
+        datamailer_core::feedback::KIND_TAG,
+        datamailer_runtime::ledger::KIND_TAG
+    );
+    assert_eq!(
+        datamailer_core::feedback::ID_TAG,
+        datamailer_runtime::ledger::ID_TAG
     );
 }

@@ -7,5 +7,6 @@ pub mod outbox;
 pub mod pause;
 pub mod provision;
 pub mod queues;
+pub mod reputation;
 pub mod run;
 pub mod suppression;

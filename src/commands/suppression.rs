@@ -1,5 +1,5 @@
-//! `datamailer suppression import|list|add|remove` and `datamailer reputation [resume]`: the
-//! operator's view of who we no longer mail and of the account-wide reputation guard.
+//! `datamailer suppression import|list|add|remove`: the operator's view of who we no longer
+//! mail.
 //!
 //! Our suppression is the contact's `hard_bounced_at` / `complained_at` (the ses-webhooks tree
 //! sets them from SES's events; every send path checks them). `import` pulls SES's own
@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use aws_sdk_sesv2::types::SuppressionListReason;
 use chrono::{DateTime, Utc};
-use datamailer_actors::reputation;
 use serde_json::json;
 
 use crate::commands::queues::small_db;
@@ -283,46 +282,4 @@ fn valid_email(email: &str) -> anyhow::Result<String> {
         anyhow::bail!("'{email}' is not an email address");
     }
     Ok(email)
-}
-
-/// `datamailer reputation`: the account-wide guard's state and the rates it reads.
-pub async fn reputation_status(config: Config) -> anyhow::Result<()> {
-    let db = small_db(&config)?;
-    let s = config.feedback;
-    let rates = reputation::rates(&db, s.account_window).await?;
-    println!(
-        "last {} sends (window {}, minimum sample {}): hard bounces {} ({:.3}%, threshold {:.3}%), complaints {} ({:.3}%, threshold {:.3}%)",
-        rates.sends,
-        s.account_window,
-        s.min_sample,
-        rates.bounces,
-        rates.bounce_rate() * 100.0,
-        s.bounce_threshold * 100.0,
-        rates.complaints,
-        rates.complaint_rate() * 100.0,
-        s.complaint_threshold * 100.0,
-    );
-    if rates.tripped {
-        println!(
-            "campaign sending is PAUSED account-wide: {}\nend it with: datamailer reputation resume",
-            rates.reason
-        );
-    } else {
-        println!("campaign sending is not held");
-    }
-    Ok(())
-}
-
-/// `datamailer reputation resume`: ends the guard; the campaigns it paused carry on.
-pub async fn reputation_resume(config: Config) -> anyhow::Result<()> {
-    let db = small_db(&config)?;
-    let (was_tripped, resumed) = reputation::clear(&db).await?;
-    if was_tripped {
-        println!(
-            "the reputation guard is cleared: {resumed} campaigns it paused carry on, and sends count from now on"
-        );
-    } else {
-        println!("the reputation guard was not holding campaign sending");
-    }
-    Ok(())
 }
