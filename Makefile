@@ -39,3 +39,20 @@ LAMBDA_COMPILER ?= zig
 RDS_CA_BUNDLE ?=
 lambda-artifact:
 	ARCH=$(ARCH) LAMBDA_PROFILE=$(LAMBDA_PROFILE) LAMBDA_COMPILER=$(LAMBDA_COMPILER) RDS_CA_BUNDLE=$(RDS_CA_BUNDLE) scripts/lambda-artifact.sh
+
+## `make serve` with a local Prometheus scraping it (dashboards/prometheus/prometheus.yml, its
+## alerting rules loaded) at http://127.0.0.1:$(PROMETHEUS_PORT); dashboards/README.md shows
+## how to add Grafana. Installs Debian's prometheus package if it is missing.
+.PHONY: observe
+PROMETHEUS_PORT ?= 9090
+observe:
+	scripts/ensure-postgres.sh
+	@test -x /usr/bin/prometheus || { S=""; [ "$$(id -u)" -eq 0 ] || S=sudo; $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+	cargo build --bin datamailer
+	mkdir -p target/observe/prometheus
+	@echo "Prometheus: http://127.0.0.1:$(PROMETHEUS_PORT) (log: target/observe/prometheus.log); datamailer: http://127.0.0.1:8000"
+	/usr/bin/prometheus --config.file=dashboards/prometheus/prometheus.yml \
+	  --storage.tsdb.path=target/observe/prometheus \
+	  --web.listen-address=127.0.0.1:$(PROMETHEUS_PORT) >target/observe/prometheus.log 2>&1 & \
+	  prom=$$!; trap 'kill $$prom 2>/dev/null' EXIT INT TERM; \
+	  cargo run --bin datamailer -- serve

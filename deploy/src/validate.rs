@@ -30,7 +30,10 @@
 //! * every custom metric (`Datamailer` namespace) used by an alarm or the dashboard is emitted by
 //!   the code (`datamailer_runtime::telemetry::EMITTED_METRICS`, which a test keeps equal to the
 //!   names in the code), listed in [`INFRA_METRICS`], and — for web-host metrics — selected by
-//!   the CloudWatch agent configuration.
+//!   the CloudWatch agent configuration; it is named with exactly the dimensions it is published
+//!   with (a Lambda metric's labels, [`crate::dashboards::METRIC_LABELS`]; the agent's dimension
+//!   sets for a web-host one);
+//! * the dashboard's body is the one [`crate::dashboards`] generates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,20 +61,79 @@ pub const INFRA_METRICS: &[(&str, MetricSource)] = &[
         "datamailer_campaign_sending_age_seconds",
         MetricSource::WebHostScrape,
     ),
+    // The web service's requests (dimensions job and status; the agent drops histograms).
+    (
+        "datamailer_http_requests_total",
+        MetricSource::WebHostScrape,
+    ),
+    // The queue workers' trees (dimension queue; received also by source).
     ("datamailer_queue_lag_seconds", MetricSource::LambdaEmf),
+    (
+        "datamailer_messages_received_total",
+        MetricSource::LambdaEmf,
+    ),
+    ("datamailer_messages_acked_total", MetricSource::LambdaEmf),
+    ("datamailer_messages_failed_total", MetricSource::LambdaEmf),
+    (
+        "datamailer_messages_deferred_total",
+        MetricSource::LambdaEmf,
+    ),
     (
         "datamailer_messages_dead_lettered_total",
         MetricSource::LambdaEmf,
     ),
+    ("datamailer_messages_in_flight", MetricSource::LambdaEmf),
+    (
+        "datamailer_handler_duration_seconds",
+        MetricSource::LambdaEmf,
+    ),
+    ("datamailer_tree_state", MetricSource::LambdaEmf),
+    (
+        "datamailer_tree_breaker_trips_total",
+        MetricSource::LambdaEmf,
+    ),
+    ("datamailer_tree_failures_total", MetricSource::LambdaEmf),
+    ("datamailer_actor_restarts_total", MetricSource::LambdaEmf),
+    ("datamailer_writer_restarts_total", MetricSource::LambdaEmf),
+    ("datamailer_queue_paused", MetricSource::LambdaEmf),
+    // The sender (the transactional-email and campaign-email workers).
+    ("datamailer_ses_sends_total", MetricSource::LambdaEmf),
     ("datamailer_ses_throttles_total", MetricSource::LambdaEmf),
+    (
+        "datamailer_ses_send_duration_seconds",
+        MetricSource::LambdaEmf,
+    ),
+    ("datamailer_limiter_wait_seconds", MetricSource::LambdaEmf),
+    ("datamailer_limiter_rate", MetricSource::LambdaEmf),
+    (
+        "datamailer_campaign_recipients_sent_total",
+        MetricSource::LambdaEmf,
+    ),
+    // The workers' pool (per Lambda environment).
+    ("datamailer_db_pool_connections", MetricSource::LambdaEmf),
+    (
+        "datamailer_db_pool_max_connections",
+        MetricSource::LambdaEmf,
+    ),
+    ("datamailer_db_pool_wait_seconds", MetricSource::LambdaEmf),
+    // The maintenance function's client-webhook dispatch.
+    ("datamailer_client_webhooks_total", MetricSource::LambdaEmf),
+    (
+        "datamailer_client_webhook_post_duration_seconds",
+        MetricSource::LambdaEmf,
+    ),
     // The ses-webhooks worker's, and the maintenance function's reputation guard.
     ("datamailer_ses_events_total", MetricSource::LambdaEmf),
     ("datamailer_ses_suppressions_total", MetricSource::LambdaEmf),
+    ("datamailer_ses_event_lag_seconds", MetricSource::LambdaEmf),
     ("datamailer_reputation_rate", MetricSource::LambdaEmf),
     (
         "datamailer_reputation_campaigns_paused",
         MetricSource::LambdaEmf,
     ),
+    // Campaign pauses by the workers' guards (`by` = bounce_rate, complaint_rate,
+    // account_reputation; the client's pauses happen on the web host and are not published).
+    ("datamailer_campaign_pauses_total", MetricSource::LambdaEmf),
 ];
 
 /// The CloudWatch namespace our code publishes into.
@@ -1287,18 +1349,45 @@ fn check_connection_budget(
 
 // ------------------------------------------------------------------------------------ metrics
 
-/// (where, namespace, metric) of every metric the alarms and the dashboard use.
-fn used_metrics(t: &Template) -> Vec<(String, String, String)> {
+/// One metric an alarm or the dashboard uses.
+struct UsedMetric {
+    /// The resource.
+    at: String,
+    namespace: String,
+    name: String,
+    /// The dimension names it is named with.
+    dimensions: BTreeSet<String>,
+}
+
+fn alarm_dimensions(dims: &Value) -> BTreeSet<String> {
+    as_list(dims)
+        .iter()
+        .filter_map(|d| d["Name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every metric the alarms and the dashboard use.
+fn used_metrics(t: &Template) -> Vec<UsedMetric> {
     let mut out = vec![];
     for (id, a) in t.of_type("AWS::CloudWatch::Alarm") {
         let p = &a["Properties"];
         if let (Some(ns), Some(m)) = (p["Namespace"].as_str(), p["MetricName"].as_str()) {
-            out.push((id.to_string(), ns.to_string(), m.to_string()));
+            out.push(UsedMetric {
+                at: id.to_string(),
+                namespace: ns.to_string(),
+                name: m.to_string(),
+                dimensions: alarm_dimensions(&p["Dimensions"]),
+            });
         }
         for q in as_list(&p["Metrics"]) {
             let m = &q["MetricStat"]["Metric"];
             if let (Some(ns), Some(name)) = (m["Namespace"].as_str(), m["MetricName"].as_str()) {
-                out.push((id.to_string(), ns.to_string(), name.to_string()));
+                out.push(UsedMetric {
+                    at: id.to_string(),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    dimensions: alarm_dimensions(&m["Dimensions"]),
+                });
             }
         }
     }
@@ -1332,7 +1421,12 @@ fn used_metrics(t: &Template) -> Vec<(String, String, String)> {
                     })
                     .collect();
                 if resolved.len() >= 2 {
-                    out.push((id.to_string(), resolved[0].clone(), resolved[1].clone()));
+                    out.push(UsedMetric {
+                        at: id.to_string(),
+                        namespace: resolved[0].clone(),
+                        name: resolved[1].clone(),
+                        dimensions: resolved[2..].iter().step_by(2).cloned().collect(),
+                    });
                 }
                 prev = resolved;
             }
@@ -1346,8 +1440,16 @@ fn check_metrics(t: &Template, opts: &Options, r: &mut Report) {
     let agent = std::fs::read_to_string(opts.host_dir.join("amazon-cloudwatch-agent.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let agent_file = opts.host_dir.join("amazon-cloudwatch-agent.json");
     let mut seen = BTreeSet::new();
-    for (id, ns, metric) in used_metrics(t) {
+    let mut reported = BTreeSet::new();
+    for used in used_metrics(t) {
+        let UsedMetric {
+            at: id,
+            namespace: ns,
+            name: metric,
+            dimensions,
+        } = used;
         if ns.starts_with("AWS/") {
             continue;
         }
@@ -1369,8 +1471,39 @@ fn check_metrics(t: &Template, opts: &Options, r: &mut Report) {
         });
         if source == Some(MetricSource::WebHostScrape) && seen.insert(metric.clone()) {
             r.check(agent_publishes(agent.as_ref(), &metric), || {
-                format!("{}: the CloudWatch agent does not publish {metric} into {CUSTOM_NAMESPACE} (prometheus emf_processor metric_selectors), so {id} would never see data", opts.host_dir.join("amazon-cloudwatch-agent.json").display())
+                format!("{}: the CloudWatch agent does not publish {metric} into {CUSTOM_NAMESPACE} (prometheus emf_processor metric_selectors), so {id} would never see data", agent_file.display())
             });
+        }
+        // CloudWatch names a metric by all its dimensions: any other set never sees data.
+        let dims = || dimensions.iter().cloned().collect::<Vec<_>>().join(",");
+        match source {
+            Some(MetricSource::LambdaEmf) => {
+                if let Some(labels) = crate::dashboards::labels(&metric) {
+                    let labels: BTreeSet<String> = labels.iter().map(|s| s.to_string()).collect();
+                    if labels != dimensions && reported.insert((id.clone(), metric.clone())) {
+                        r.fail(format!(
+                            "{id}: metric {metric} with dimensions [{}]: the Lambda functions publish it (EMF) with its labels [{}] as dimensions",
+                            dims(),
+                            labels.iter().cloned().collect::<Vec<_>>().join(",")
+                        ));
+                    }
+                }
+            }
+            Some(MetricSource::WebHostScrape) => {
+                let sets = agent_dimension_sets(agent.as_ref(), &metric);
+                if !sets.is_empty()
+                    && !sets.contains(&dimensions)
+                    && reported.insert((id.clone(), metric.clone()))
+                {
+                    r.fail(format!(
+                        "{id}: metric {metric} with dimensions [{}]: the CloudWatch agent publishes it with {:?} ({})",
+                        dims(),
+                        sets,
+                        agent_file.display()
+                    ));
+                }
+            }
+            None => {}
         }
     }
     for (name, _) in INFRA_METRICS {
@@ -1378,6 +1511,39 @@ fn check_metrics(t: &Template, opts: &Options, r: &mut Report) {
             format!("INFRA_METRICS: {name} is not emitted by the code (not in EMITTED_METRICS)")
         });
     }
+    // The dashboard is generated (deploy/src/dashboards.rs), never edited in the template.
+    let generated = crate::dashboards::cloudwatch_body_json();
+    for (id, d) in t.of_type("AWS::CloudWatch::Dashboard") {
+        let body = sub_text(&d["Properties"]["DashboardBody"]);
+        r.check(body == Some(generated.as_str()), || {
+            format!("{id}: DashboardBody is not what deploy/src/dashboards.rs generates (change the source, then DATAMAILER_BLESS_DASHBOARDS=1 cargo test -p datamailer-deploy --test dashboards)")
+        });
+    }
+}
+
+/// The dimension sets the CloudWatch agent publishes a web-host metric with.
+fn agent_dimension_sets(agent: Option<&Value>, metric: &str) -> Vec<BTreeSet<String>> {
+    let Some(agent) = agent else { return vec![] };
+    let prom = &agent["logs"]["metrics_collected"]["prometheus"]["emf_processor"];
+    let mut out = vec![];
+    for d in as_list(&prom["metric_declaration"]) {
+        let selected = as_list(&d["metric_selectors"]).iter().any(|sel| {
+            sel.as_str()
+                .and_then(|s| regex::Regex::new(s).ok())
+                .is_some_and(|re| re.is_match(metric))
+        });
+        if selected {
+            for set in as_list(&d["dimensions"]) {
+                out.push(
+                    as_list(set)
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                );
+            }
+        }
+    }
+    out
 }
 
 fn agent_publishes(agent: Option<&Value>, metric: &str) -> bool {

@@ -130,6 +130,7 @@ impl<S: BatchSink> BatchWriter<S> {
 type Rx<S> = Arc<Mutex<mpsc::Receiver<Job<<S as BatchSink>::Item, <S as BatchSink>::Output>>>>;
 
 async fn supervise<S: BatchSink>(sink: Arc<S>, settings: WriterSettings, rx: Rx<S>) {
+    events::started(sink.name());
     loop {
         match tokio::spawn(run(sink.clone(), settings, rx.clone())).await {
             Ok(()) => return,

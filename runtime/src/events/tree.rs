@@ -106,6 +106,17 @@ pub fn receive_failed(queue: &str, error: &anyhow::Error) {
     metrics::counter!("datamailer_receive_errors_total", "queue" => queue.to_string()).increment(1);
 }
 
+/// A tree started: its failure counters exist from now on (at 0), so a dashboard or alert
+/// reads "no restarts" rather than "no data".
+pub fn tree_started(queue: &str, actors: &[&'static str]) {
+    for actor in actors {
+        metrics::counter!("datamailer_actor_restarts_total", "queue" => queue.to_string(), "actor" => *actor).increment(0);
+    }
+    metrics::counter!("datamailer_tree_failures_total", "queue" => queue.to_string()).increment(0);
+    metrics::counter!("datamailer_tree_breaker_trips_total", "queue" => queue.to_string())
+        .increment(0);
+}
+
 pub fn actor_restarted(queue: &str, actor: &'static str, why: &str) {
     tracing::error!(queue, actor, why, "actor crashed; restarting");
     metrics::counter!("datamailer_actor_restarts_total", "queue" => queue.to_string(), "actor" => actor).increment(1);

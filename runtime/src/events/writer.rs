@@ -14,6 +14,11 @@ pub fn batch_failed(writer: &'static str, size: usize, error: &anyhow::Error) {
     metrics::counter!("datamailer_write_batch_failures_total", "writer" => writer).increment(1);
 }
 
+/// A writer started: its restart counter exists from now on (at 0).
+pub fn started(writer: &'static str) {
+    metrics::counter!("datamailer_writer_restarts_total", "writer" => writer).increment(0);
+}
+
 pub fn restarted(writer: &'static str, why: &str) {
     tracing::error!(writer, why, "writer crashed; restarting it");
     metrics::counter!("datamailer_writer_restarts_total", "writer" => writer).increment(1);

@@ -168,6 +168,7 @@ impl Actor for QueueSupervisor {
         myself: ActorRef<Self::Msg>,
         (spec, exit, cancel): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        events::tree_started(&spec.queue, &["poller", "worker"]);
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let poller = spawn_poller(&spec, &myself, stopping_rx).await?;
         let mut workers = Vec::with_capacity(spec.concurrency.max(1));
