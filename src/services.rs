@@ -39,6 +39,9 @@ pub struct Services {
     breakers: Arc<HashMap<QueueName, Arc<CircuitBreaker>>>,
     /// Client webhooks: the SSRF-guarded HTTP client (one per process) and its timeout.
     webhooks: WebhookSettings,
+    /// The pool the recipient-list import jobs use, when the process gives them one from
+    /// its connection cap (`serve`: the web pool; `worker`: one connection of its own).
+    import_pool: Option<sqlx::PgPool>,
 }
 
 pub async fn aws_config(config: &Config) -> aws_config::SdkConfig {
@@ -100,7 +103,15 @@ impl Services {
             sender,
             aws,
             breakers: Arc::new(breakers),
+            import_pool: None,
         })
+    }
+
+    /// Runs the recipient-list import jobs on `pool` (taken from the process's connection
+    /// cap) instead of a pool of their own on top of it.
+    pub fn with_import_pool(mut self, pool: sqlx::PgPool) -> Self {
+        self.import_pool = Some(pool);
+        self
     }
 
     /// What the registry builds handlers and maintenance tasks from.
@@ -182,13 +193,17 @@ impl Services {
         Maintainer::new(self.db.clone(), tasks)
     }
 
-    /// The web crate's tasks (recipient-list import jobs), over a small lazy sqlx pool:
-    /// they are idle unless there is work, and then take at most two connections.
+    /// The web crate's tasks (recipient-list import jobs), over the pool the process gave
+    /// them ([`Self::with_import_pool`]) or else (the maintenance function, `maintain`) a
+    /// small lazy sqlx pool: idle unless there is work, and then at most two connections.
     fn audience_tasks(&self) -> Vec<Arc<dyn datamailer_runtime::maintenance::MaintenanceTask>> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(IMPORT_JOBS_POOL)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy(self.config.database_url());
+        let pool = match &self.import_pool {
+            Some(pool) => Ok(pool.clone()),
+            None => sqlx::postgres::PgPoolOptions::new()
+                .max_connections(IMPORT_JOBS_POOL)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_lazy(self.config.database_url()),
+        };
         match pool {
             Ok(db) => vec![Arc::new(datamailer_web::lists::imports::ImportJobs {
                 db,
@@ -213,8 +228,9 @@ impl Services {
     }
 }
 
-/// Connections the import jobs' pool may hold on top of the process's cap (validate-infra
-/// counts them in the maintenance function's share of the connection budget).
+/// Connections the import jobs' own pool may hold on top of the process's cap where the
+/// process gives them none of its own (the maintenance function; validate-infra counts them
+/// in its share of the connection budget).
 pub const IMPORT_JOBS_POOL: u32 = 2;
 
 /// The producer the web side, `enqueue` and maintenance use.

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use datamailer_runtime::producer::Producer;
+use datamailer_testkit::fake_ses::{Behaviour, FakeSes};
 use datamailer_testkit::TestDb;
 use serde_json::{json, Value};
 use support::*;
@@ -606,54 +607,6 @@ fn maintain_once(db: &TestDb) {
     );
 }
 
-/// The fake SES endpoint (load-tests/fake-ses) on a free port, once it answers.
-async fn fake_ses(extra: &[&str]) -> (Process, String) {
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/load-tests/fake-ses/fake_ses.py"
-    ))
-    .args(["--port", &port.to_string()])
-    .args(extra);
-    let process = Process::spawn("fake ses", cmd);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_for("fake SES", Duration::from_secs(10), || async {
-        reqwest::get(format!("{endpoint}/stats"))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    (process, endpoint)
-}
-
-/// The fake's counters (`requests`, `sends`, `errors`).
-async fn ses_stats(endpoint: &str) -> Value {
-    reqwest::get(format!("{endpoint}/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// The To address of every send the fake accepted, in order.
-async fn ses_recipients(endpoint: &str) -> Vec<String> {
-    let body: Value = reqwest::get(format!("{endpoint}/sends"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["to"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// A worker's environment for the SES mailer against the fake at `endpoint`.
 fn ses_env(endpoint: &str, rate: f64) -> Vec<(&'static str, String)> {
     vec![
@@ -666,21 +619,6 @@ fn ses_env(endpoint: &str, rate: f64) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn send_times(endpoint: &str) -> Vec<f64> {
-    let body: Value = reqwest::get(format!("{endpoint}/sends"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["times"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_f64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn two_sending_processes_hold_the_configured_rate_together() {
     const N: i64 = 300;
@@ -689,15 +627,18 @@ async fn two_sending_processes_hold_the_configured_rate_together() {
         return;
     };
     // GetAccount says 100/s: the configured 20/s stays the ceiling.
-    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "100"]).await;
-    let mut env = ses_env(&endpoint, RATE);
+    let ses = FakeSes::start_in_background(Behaviour {
+        max_send_rate: 100.0,
+        ..Default::default()
+    });
+    let mut env = ses_env(&ses.endpoint(), RATE);
     env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "10".to_string()));
     let _a = Process::spawn("sender a", campaign_worker(&db, &api, &env));
     let _b = Process::spawn("sender b", campaign_worker(&db, &api, &env));
     let done = wait_status(&api, "rate", "sent").await;
     assert_eq!(done["sent_count"], N, "{done}");
 
-    let times = send_times(&endpoint).await;
+    let times = ses.send_times();
     assert_eq!(times.len() as i64, N);
     // No one-second window holds more than the rate allows (one slot every 1/RATE s; a
     // little network jitter at the fake's end).
@@ -986,20 +927,24 @@ async fn the_account_quota_caps_the_rate_and_keeps_a_reserve_for_transactional_m
     let Some((db, api, _)) = queued_campaign(20, "quota").await else {
         return;
     };
-    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "5", "--max-24-hour-send", "10"]).await;
-    let env = ses_env(&endpoint, 50.0);
+    let ses = FakeSes::start_in_background(Behaviour {
+        max_send_rate: 5.0,
+        max_24_hour_send: 10.0,
+        ..Default::default()
+    });
+    let env = ses_env(&ses.endpoint(), 50.0);
     let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
     let times = wait_for(
         "the quota's campaign share sent",
         Duration::from_secs(30),
         || async {
-            let t = send_times(&endpoint).await;
+            let t = ses.send_times();
             (t.len() >= 9).then_some(t)
         },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let times_after = send_times(&endpoint).await;
+    let times_after = ses.send_times();
     assert_eq!(
         times_after.len(),
         9,
@@ -1028,18 +973,13 @@ async fn a_rejected_address_fails_alone_and_throttled_sends_retry_without_duplic
     let Some((db, api, id)) = queued_campaign(N, "errors").await else {
         return;
     };
-    let (_ses, endpoint) = fake_ses(&[
-        "--max-send-rate",
-        "200",
-        "--fail-every",
-        "7",
-        "--reject",
-        "u7@",
-        "--reject",
-        "u42@",
-    ])
-    .await;
-    let mut env = ses_env(&endpoint, 100.0);
+    let ses = FakeSes::start_in_background(Behaviour {
+        max_send_rate: 200.0,
+        fail_every: 7,
+        reject: vec!["u7@".into(), "u42@".into()],
+        ..Default::default()
+    });
+    let mut env = ses_env(&ses.endpoint(), 100.0);
     env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "20".to_string()));
     let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
     let done = wait_status(&api, "errors", "sent").await;
@@ -1073,15 +1013,14 @@ async fn a_rejected_address_fails_alone_and_throttled_sends_retry_without_duplic
     .unwrap();
     assert_eq!(failed_events, 2);
 
-    let mut to = ses_recipients(&endpoint).await;
+    let mut to = ses.recipients();
     let accepted = to.len();
     to.sort_unstable();
     to.dedup();
     assert_eq!(accepted as i64, N - 2, "accepted by SES once each");
     assert_eq!(to.len() as i64, N - 2, "no recipient twice");
-    let stats = ses_stats(&endpoint).await;
-    let throttled = stats["errors"].as_i64().unwrap() - 2;
-    assert!(throttled >= 10, "the fake throttled: {stats}");
+    let throttled = ses.throttled();
+    assert!(throttled >= 10, "the fake throttled {throttled} sends");
     db.drop_db().await;
 }
 
@@ -1096,11 +1035,14 @@ async fn pause_holds_resume_finishes_once_and_cancel_stops_mid_send() {
     let Some((db, api, id)) = queued_campaign(N, "pause").await else {
         return;
     };
-    let (_ses, endpoint) = fake_ses(&["--max-send-rate", "100"]).await;
-    let mut env = ses_env(&endpoint, RATE);
+    let ses = FakeSes::start_in_background(Behaviour {
+        max_send_rate: 100.0,
+        ..Default::default()
+    });
+    let mut env = ses_env(&ses.endpoint(), RATE);
     env.push(("DATAMAILER_CAMPAIGN_BATCH_SIZE", "25".to_string()));
     let _worker = Process::spawn("sender", campaign_worker(&db, &api, &env));
-    let sent_by_fake = || async { ses_stats(&endpoint).await["sends"].as_i64().unwrap() };
+    let sent_by_fake = || async { ses.accepted() as i64 };
     let wait_sends = |at_least: i64| {
         wait_for(
             "sends at the fake",
@@ -1128,7 +1070,7 @@ async fn pause_holds_resume_finishes_once_and_cancel_stops_mid_send() {
     assert_eq!(status, 200, "{resumed}");
     let done = wait_status(&api, "pause", "sent").await;
     assert_eq!(done["sent_count"], N, "{done}");
-    let mut to = ses_recipients(&endpoint).await;
+    let mut to = ses.recipients();
     assert_eq!(to.len() as i64, N);
     to.sort_unstable();
     to.dedup();

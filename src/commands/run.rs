@@ -22,6 +22,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .db_max_connections
         .saturating_sub(web_connections)
         .max(1);
+    // The web pool also serves the recipient-list import jobs: every connection of the
+    // process comes out of DATAMAILER_DB_MAX_CONNECTIONS.
+    let web_pool = database::web_pool(&config, web_connections as u32).await?;
     let services = Services::build(
         &config,
         PoolSettings {
@@ -29,13 +32,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ..Default::default()
         },
     )
-    .await?;
+    .await?
+    .with_import_pool(web_pool.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let web = tokio::spawn(run_web(
-        config.clone(),
-        web_connections as u32,
-        stop_rx.clone(),
-    ));
+    let web = tokio::spawn(run_web(config.clone(), web_pool, stop_rx.clone()));
     tracing::info!(
         addr = %config.http_addr,
         backend = ?config.queue_backend,
@@ -59,15 +59,15 @@ pub async fn web(config: Config) -> anyhow::Result<()> {
         services::shutdown_signal().await;
         stop_tx.send_replace(true);
     });
-    run_web(config.clone(), config.db_max_connections as u32, stop_rx).await
+    let pool = database::web_pool(&config, config.db_max_connections as u32).await?;
+    run_web(config.clone(), pool, stop_rx).await
 }
 
 async fn run_web(
     config: Config,
-    connections: u32,
+    pool: sqlx::PgPool,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let pool = database::web_pool(&config, connections).await?;
     // The global webhook fallback, where the email_events trigger can see it.
     datamailer_web::webhooks::store_fallback(
         &pool,
@@ -143,14 +143,21 @@ pub async fn worker(config: Config, queues: Vec<String>) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?
     };
     datamailer_runtime::telemetry::install_prometheus();
+    // One connection of the cap for the recipient-list import jobs, the rest for the trees.
+    let import_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy(config.database_url())
+        .context("the import jobs' pool")?;
     let services = Services::build(
         &config,
         PoolSettings {
-            max_connections: config.db_max_connections,
+            max_connections: config.db_max_connections.saturating_sub(1).max(1),
             ..Default::default()
         },
     )
-    .await?;
+    .await?
+    .with_import_pool(import_pool);
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding DATAMAILER_METRICS_ADDR {}", config.metrics_addr))?;

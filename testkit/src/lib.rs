@@ -4,6 +4,8 @@
 //!   that is migrated once per migration set (so tests run in parallel and cost one `CREATE
 //!   DATABASE ... TEMPLATE` each).
 //! * [`aws_endpoint`]: the SQS/SES-compatible test server (moto in server mode).
+//! * [`fake_ses`]: a fake SES v2 endpoint with latency, throttling and errors, recording every
+//!   send (rate, exactly-once and load checks).
 //!
 //! Under `CI=true` a missing service is a failure, never a skip.
 
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
+pub mod fake_ses;
 pub mod ses;
 
 /// The server that tests create their databases on.
