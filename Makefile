@@ -1,4 +1,4 @@
-.PHONY: serve test build release fmt lint validate-infra lambda-artifact
+.PHONY: serve test build release fmt lint validate-infra lambda-artifact load-test
 
 ## Run the product on the embedded defaults (local Postgres, capture mailer) at 127.0.0.1:8000.
 serve:
@@ -56,3 +56,13 @@ observe:
 	  --web.listen-address=127.0.0.1:$(PROMETHEUS_PORT) >target/observe/prometheus.log 2>&1 & \
 	  prom=$$!; trap 'kill $$prom 2>/dev/null' EXIT INT TERM; \
 	  cargo run --bin datamailer -- serve
+
+## The load harness (load-tests/): release build of datamailer and the harness, then the
+## scenarios; report in load-tests/results/<UTC time>/report.md. SCENARIO=all (default) or one of
+## transactional campaign mixed rate feedback overload lambda; ARGS="--quick" for a smoke run.
+SCENARIO ?= all
+ARGS ?=
+load-test:
+	scripts/ensure-postgres.sh
+	cargo build --release -p datamailer -p load-tests
+	cargo run --release -p load-tests -- $(SCENARIO) $(ARGS)

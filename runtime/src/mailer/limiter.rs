@@ -2,8 +2,8 @@
 //!
 //! SES quotas are per account and count recipients, so one pacer guards all sends of the
 //! process: each send reserves the next free slot (GCRA's virtual schedule, one slot every
-//! `1 / rate` seconds, no burst) and sleeps until it, so the rate is never exceeded in any
-//! window and nothing polls.
+//! `1 / rate` seconds, no burst) and sleeps until it, so the rate is held in every window and
+//! nothing polls; a send that wakes late keeps its slot (see `Pace::reserve`).
 //!
 //! * **Priority.** A transactional send reserves its slot as soon as it asks. A campaign send
 //!   only takes a slot that is free *now*: it sleeps until the next free slot and checks
