@@ -151,6 +151,18 @@ impl RunReport {
         self
     }
 
+    /// The exactly-once targets: nothing lost, nothing duplicated.
+    pub fn delivery_targets(&mut self) -> &mut Self {
+        let (lost, duplicated) = (self.delivery.lost as f64, self.delivery.duplicated as f64);
+        self.target(Target::new("lost", Goal::AtMost(0.0), "emails", lost));
+        self.target(Target::new(
+            "duplicated",
+            Goal::AtMost(0.0),
+            "emails",
+            duplicated,
+        ))
+    }
+
     /// Takes the sampler's peaks and CPU, per 1,000 of `emails`.
     pub fn observed(&mut self, observed: Observed) -> &mut Self {
         self.peak_pg_connections = observed.peak_connections;

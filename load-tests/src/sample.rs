@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use datamailer_testkit::fake_ses::FakeSes;
 use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -26,6 +27,15 @@ pub fn sql_progress(db: Arc<Client>, sql: &'static str) -> Progress {
     Arc::new(move || {
         let db = db.clone();
         Box::pin(async move { Ok(db.query_one(sql, &[]).await?.get::<_, i64>(0) as u64) })
+    })
+}
+
+/// Sends the fake SES has accepted.
+pub fn ses_progress(fake: &FakeSes) -> Progress {
+    let fake = fake.clone();
+    Arc::new(move || {
+        let n = fake.accepted();
+        Box::pin(async move { Ok(n) })
     })
 }
 

@@ -3,7 +3,6 @@
 //! (`snapshot_started_at` → `snapshot_finished_at`) and the fan-out (snapshot done → every
 //! recipient `sent`). Once into the capture outbox, once through the fake SES at 50 ms.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -11,7 +10,7 @@ use tokio_postgres::Client;
 use super::{serve, wait_campaign, Harness};
 use crate::pg;
 use crate::report::{Goal, RunReport, Target};
-use crate::sample::{sql_progress, Progress, Sampler};
+use crate::sample::{ses_progress, sql_progress, Progress, Sampler};
 use datamailer_testkit::fake_ses::{self, Behaviour, FakeSes, Send};
 
 pub const SNAPSHOT_TARGET_S: f64 = 5.0;
@@ -68,13 +67,7 @@ async fn one(h: &Harness, n: u64, ses: Option<Duration>) -> anyhow::Result<RunRe
         .config("db_max_connections", 8);
     let (p, api, _) = serve(&s.dm, &format!("campaign-{variant}")).await?;
     let progress: Progress = match &fake {
-        Some(f) => {
-            let f = f.clone();
-            Arc::new(move || {
-                let n = f.accepted();
-                Box::pin(async move { Ok(n) })
-            })
-        }
+        Some(f) => ses_progress(f),
         None => sql_progress(
             s.sql.clone(),
             "SELECT coalesce(sum(sent_count), 0)::int8 FROM campaigns",
@@ -140,18 +133,7 @@ async fn one(h: &Harness, n: u64, ses: Option<Duration>) -> anyhow::Result<RunRe
         "emails/s",
         report.emails_per_s,
     ));
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     s.db.drop().await?;
     Ok(report)
 }

@@ -11,7 +11,7 @@ use super::transactional::{drive, end_to_end, wait_fake};
 use super::{serve, wait_campaign, Harness};
 use crate::pg;
 use crate::report::{Goal, RunReport, Target};
-use crate::sample::Sampler;
+use crate::sample::{ses_progress, Sampler};
 use datamailer_testkit::fake_ses::{self, Behaviour, FakeSes};
 
 pub const TX_P99_TARGET_MS: f64 = 250.0;
@@ -47,11 +47,7 @@ pub async fn run(
         .config("db_max_connections", 8);
     let (p, api, _) = serve(&s.dm, "mixed").await?;
     api.put_load_template(&s.key).await?;
-    let f = fake.clone();
-    let progress: crate::sample::Progress = Arc::new(move || {
-        let n = f.accepted();
-        Box::pin(async move { Ok(n) })
-    });
+    let progress = ses_progress(&fake);
     let sampler = Sampler::start(
         "mixed",
         s.db.admin().await?,
@@ -112,18 +108,7 @@ pub async fn run(
         "ms",
         p99,
     ));
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     s.db.drop().await?;
     Ok(vec![report])
 }

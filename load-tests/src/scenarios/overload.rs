@@ -13,7 +13,7 @@ use super::transactional::{drive, end_to_end, wait_fake};
 use super::{serve, wait_campaign, Harness};
 use crate::pg;
 use crate::report::{Goal, RunReport, Target};
-use crate::sample::Sampler;
+use crate::sample::{ses_progress, Sampler};
 use datamailer_testkit::fake_ses::{self, Behaviour, FakeSes};
 
 pub const CONNECTION_CAP: u32 = 4;
@@ -54,11 +54,7 @@ pub async fn run(
         .config("ses_max_send_rate", 2000);
     let (p, api, _) = serve(&s.dm, "overload").await?;
     api.put_load_template(&s.key).await?;
-    let f = fake.clone();
-    let progress: crate::sample::Progress = Arc::new(move || {
-        let n = f.accepted();
-        Box::pin(async move { Ok(n) })
-    });
+    let progress = ses_progress(&fake);
     let sampler = Sampler::start(
         "overload",
         s.db.admin().await?,
@@ -159,18 +155,7 @@ pub async fn run(
         )
         .figure("dead-lettered", dead)
         .figure("rows not sent", failed);
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     report.target(Target::new(
         "dead-lettered",
         Goal::AtMost(0.0),

@@ -11,7 +11,7 @@ use super::{serve, wait_campaign, Harness};
 use crate::datamailer::Process;
 use crate::pg;
 use crate::report::{Goal, RunReport, Target};
-use crate::sample::Sampler;
+use crate::sample::{ses_progress, Sampler};
 use datamailer_testkit::fake_ses::{self, Behaviour, FakeSes};
 
 pub async fn run(h: &Harness, rates: &[f64], seconds: u64) -> anyhow::Result<Vec<RunReport>> {
@@ -65,11 +65,7 @@ async fn one(h: &Harness, rate: f64, processes: usize, seconds: u64) -> anyhow::
         .config("processes", processes)
         .config("recipients", n)
         .config("scope", "account");
-    let f = fake.clone();
-    let progress: crate::sample::Progress = std::sync::Arc::new(move || {
-        let n = f.accepted();
-        Box::pin(async move { Ok(n) })
-    });
+    let progress = ses_progress(&fake);
     let sampler = Sampler::start(
         &format!("rate {variant}"),
         s.db.admin().await?,
@@ -152,18 +148,7 @@ async fn one(h: &Harness, rate: f64, processes: usize, seconds: u64) -> anyhow::
         "sends",
         quietest,
     ));
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     s.db.drop().await?;
     Ok(report)
 }

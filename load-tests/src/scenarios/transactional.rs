@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::{serve, Api, Harness};
 use crate::pg;
 use crate::report::{Goal, RunReport, Target};
-use crate::sample::{Progress, Sampler};
+use crate::sample::{ses_progress, Sampler};
 use datamailer_testkit::fake_ses::{self, Behaviour, FakeSes};
 
 pub const API_TARGET: f64 = 1_000.0;
@@ -32,14 +32,6 @@ pub async fn run(
         api(h, seconds, concurrency).await?,
         burndown(h, backlog).await?,
     ])
-}
-
-fn fake_progress(fake: &FakeSes) -> Progress {
-    let f = fake.clone();
-    Arc::new(move || {
-        let n = f.accepted();
-        Box::pin(async move { Ok(n) })
-    })
 }
 
 /// Sent-at times of accepted requests, by recipient.
@@ -148,7 +140,7 @@ async fn api(h: &Harness, seconds: u64, concurrency: usize) -> anyhow::Result<Ru
         "transactional api",
         s.db.admin().await?,
         &s.db.name,
-        fake_progress(&fake),
+        ses_progress(&fake),
         0,
     );
     sampler.watch(p.pid);
@@ -207,18 +199,7 @@ async fn api(h: &Harness, seconds: u64, concurrency: usize) -> anyhow::Result<Ru
         "emails/s",
         report.emails_per_s,
     ));
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     s.db.drop().await?;
     Ok(report)
 }
@@ -247,7 +228,7 @@ async fn burndown(h: &Harness, backlog: u64) -> anyhow::Result<RunReport> {
         "transactional burndown",
         s.db.admin().await?,
         &s.db.name,
-        fake_progress(&fake),
+        ses_progress(&fake),
         backlog,
     );
     let (p, _, _) = serve(&s.dm, "transactional-burndown").await?;
@@ -272,18 +253,7 @@ async fn burndown(h: &Harness, backlog: u64) -> anyhow::Result<RunReport> {
     }
     report.observed(observed);
     report.figure("dead-lettered", pg::dead_lettered(&s.sql).await?);
-    report.target(Target::new(
-        "lost",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.lost as f64,
-    ));
-    report.target(Target::new(
-        "duplicated",
-        Goal::AtMost(0.0),
-        "emails",
-        report.delivery.duplicated as f64,
-    ));
+    report.delivery_targets();
     s.db.drop().await?;
     Ok(report)
 }
